@@ -1,0 +1,1 @@
+"""Pure core of pkproxy: no asyncio, aiohttp, diskcache, structlog or clock imports."""

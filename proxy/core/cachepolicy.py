@@ -1,0 +1,132 @@
+"""Cache decisions: what is cacheable, its key, whether to store, and how fresh it is."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.core.admission import Target
+from proxy.core.routes import UNKNOWN_ROUTE
+
+PRIVACY_CODES = frozenset(range(30001, 30006))
+_NEVER_STORE_DIRECTIVES = frozenset({"no-store", "private", "no-cache"})
+
+
+def is_cacheable_request(target: Target, credentialed: bool) -> bool:
+    """Only GET/HEAD without any credential, on a known route, may touch the shared cache."""
+    return (
+        not credentialed
+        and target.method in {"GET", "HEAD"}
+        and target.route.template != UNKNOWN_ROUTE
+    )
+
+
+def cache_key(target: Target, encoding: str) -> str:
+    """GET and HEAD share an entry; the key is exactly what is forwarded upstream."""
+    return f"GET {target.path_and_query} {encoding}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDecision:
+    store: bool
+    ttl: float
+    reason: str
+
+
+def _directives(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        name, _, arg = part.strip().partition("=")
+        if name:
+            out[name.strip().lower()] = arg.strip().strip('"')
+    return out
+
+
+def _error_code(body: bytes) -> int | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def store_decision(
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    route_ttl: float,
+    negative_ttl: float,
+) -> StoreDecision:
+    """Whether to store an upstream answer, and for how long."""
+    lowered = [(name.lower(), value) for name, value in headers]
+    if status in {200, 204}:
+        ttl = route_ttl
+    elif status == 404 or (status == 403 and _error_code(body) in PRIVACY_CODES):
+        ttl = min(route_ttl, negative_ttl)
+    else:
+        return StoreDecision(False, 0.0, "status")
+    if any(name == "set-cookie" for name, _ in lowered):
+        return StoreDecision(False, 0.0, "set_cookie")
+    for name, value in lowered:
+        if name == "vary":
+            fields = {f.strip().lower() for f in value.split(",") if f.strip()}
+            if fields - {"accept-encoding"}:
+                return StoreDecision(False, 0.0, "vary")
+    # RFC 9111 section 5.2.2: the origin's Cache-Control, when sent, wins over our TTLs.
+    for name, value in lowered:
+        if name != "cache-control":
+            continue
+        directives = _directives(value)
+        if _NEVER_STORE_DIRECTIVES & directives.keys():
+            return StoreDecision(False, 0.0, "cache_control")
+        for directive in ("s-maxage", "max-age"):
+            if directive in directives:
+                try:
+                    ttl = float(int(directives[directive]))
+                except ValueError:
+                    return StoreDecision(False, 0.0, "cache_control")
+                break
+    if ttl <= 0:
+        return StoreDecision(False, 0.0, "ttl_zero")
+    return StoreDecision(True, ttl, "stored")
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """Expired but within grace: serve now, refresh in the background."""
+
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Past grace: refetch; usable only instead of an error while `usable` holds."""
+
+    age: float
+    usable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    pass
+
+
+Lookup = Fresh | Stale | Expired | Miss
+
+
+def classify_age(
+    stored_at: float, ttl: float, now: float, grace: float, max_stale: float
+) -> Fresh | Stale | Expired:
+    age = max(0.0, now - stored_at)
+    if age < ttl:
+        return Fresh(age)
+    if age < ttl + grace:
+        return Stale(age)
+    return Expired(age, age < ttl + max_stale)

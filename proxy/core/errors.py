@@ -1,0 +1,81 @@
+"""The proxy's error hierarchy; each error maps to one PluralKit-shaped response."""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Root of every error the proxy answers itself, as `{"message": ..., "code": ...}`."""
+
+    status = 500
+    code = 0
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, object]:
+        return {"message": self.message, "code": self.code}
+
+
+class BadRequest(ProxyError):
+    status = 400
+
+
+class Unauthorized(ProxyError):
+    status = 401
+
+
+class NotFound(ProxyError):
+    status = 404
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+
+
+class Gone(ProxyError):
+    status = 410
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+
+
+class UpstreamUnavailable(ProxyError):
+    status = 502
+
+
+class Draining(ProxyError):
+    status = 503
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+
+
+class Throttled(ProxyError):
+    """A local 429 in PluralKit's exact shape, with the proxy's honest retry estimate."""
+
+    status = 429
+
+    def __init__(
+        self, scope: str, retry_after_ms: int, limit: int, reset_ms: int, reason: str
+    ) -> None:
+        super().__init__("429: too many requests")
+        self.scope = scope
+        self.retry_after_ms = max(0, retry_after_ms)
+        self.limit = limit
+        self.reset_ms = reset_ms
+        self.reason = reason
+
+    def body(self) -> dict[str, object]:
+        return {
+            "message": self.message,
+            "retry_after": self.retry_after_ms,
+            "scope": self.scope,
+            "code": self.code,
+        }

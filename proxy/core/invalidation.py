@@ -1,0 +1,122 @@
+"""Which cached paths a successful write makes wrong (every query of each is evicted)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from proxy.core.routes import Route, fold_ref
+
+# Reads an anonymous cached JSON body by path, or None: the ids in cached bodies are
+# how a write to a member finds its system and groups.
+KnownBody = Callable[[str], Any]
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _ids(obj: Any) -> set[str]:
+    if not isinstance(obj, dict):
+        return set()
+    return {fold_ref(str(obj[k])) for k in ("id", "uuid") if isinstance(obj.get(k), str)}
+
+
+def _refs(values: Any) -> set[str]:
+    if not isinstance(values, list):
+        return set()
+    out: set[str] = set()
+    for value in values:
+        if isinstance(value, str):
+            out.add(fold_ref(value))
+        else:
+            out |= _ids(value)
+    return out
+
+
+def _system_aliases(refs: Iterable[str], known: KnownBody) -> set[str]:
+    aliases = {r for r in refs if r and r != "@me"}
+    for ref in list(aliases):
+        aliases |= _ids(known(f"/v2/systems/{ref}"))
+    return aliases
+
+
+def system_paths(systems: set[str]) -> set[str]:
+    suffixes = ("", "/settings", "/members", "/groups", "/fronters", "/switches")
+    return {f"/v2/systems/{s}{suffix}" for s in systems for suffix in suffixes}
+
+
+def _member_paths(members: set[str], known: KnownBody) -> tuple[set[str], set[str]]:
+    paths: set[str] = set()
+    systems: set[str] = set()
+    for member in members:
+        paths |= {f"/v2/members/{member}", f"/v2/members/{member}/groups"}
+        cached = known(f"/v2/members/{member}")
+        if isinstance(cached, dict) and isinstance(cached.get("system"), str):
+            systems.add(fold_ref(cached["system"]))
+        for group in _refs(known(f"/v2/members/{member}/groups")):
+            paths |= {f"/v2/groups/{group}", f"/v2/groups/{group}/members"}
+    return paths, systems
+
+
+def _group_paths(groups: set[str], known: KnownBody) -> tuple[set[str], set[str]]:
+    paths: set[str] = set()
+    systems: set[str] = set()
+    for group in groups:
+        paths |= {f"/v2/groups/{group}", f"/v2/groups/{group}/members"}
+        cached = known(f"/v2/groups/{group}")
+        if isinstance(cached, dict) and isinstance(cached.get("system"), str):
+            systems.add(fold_ref(cached["system"]))
+        for member in _refs(known(f"/v2/groups/{group}/members")):
+            paths.add(f"/v2/members/{member}/groups")
+    return paths, systems
+
+
+def paths_to_evict(
+    route: Route,
+    request_json: Any,
+    response_json: Any,
+    known: KnownBody,
+    me_system: str | None = None,
+) -> set[str]:
+    """Every path whose cached answers a successful write through the proxy makes wrong."""
+    ref = route.param("ref")
+    systems: set[str] = set()
+    paths: set[str] = set()
+    body_system = response_json.get("system") if isinstance(response_json, dict) else None
+    if isinstance(body_system, str):
+        systems.add(fold_ref(body_system))
+    if route.kind == "systems":
+        systems.add(ref or "")
+        if route.param("switch") is None and not route.template.endswith("/switches"):
+            systems |= _ids(response_json)
+        switch = route.param("switch")
+        if switch:
+            systems_for_switch = _system_aliases(systems, known)
+            paths |= {f"/v2/systems/{s}/switches/{switch}" for s in systems_for_switch}
+        members = _refs(response_json.get("members")) if isinstance(response_json, dict) else set()
+        systems |= _member_paths(members, known)[1]
+    elif route.kind == "members":
+        members = ({ref} if ref else set()) | _ids(response_json)
+        member_paths, member_systems = _member_paths(members, known)
+        paths |= member_paths
+        systems |= member_systems
+        if route.param("action"):
+            groups = _refs(request_json)
+            paths |= {p for g in groups for p in (f"/v2/groups/{g}", f"/v2/groups/{g}/members")}
+    elif route.kind == "groups":
+        groups = ({ref} if ref else set()) | _ids(response_json)
+        group_paths, group_systems = _group_paths(groups, known)
+        paths |= group_paths
+        systems |= group_systems
+        if route.param("action"):
+            paths |= {f"/v2/members/{m}/groups" for m in _refs(request_json)}
+    systems.discard("")
+    if me_system:
+        systems.discard("@me")
+        systems.add(me_system)
+    return paths | system_paths(_system_aliases(systems, known))

@@ -1,0 +1,50 @@
+"""structlog, configured once: one JSON line per event when stdout is not a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from proxy.core.headers import CREDENTIAL_HEADERS
+
+_SECRET_KEYS = CREDENTIAL_HEADERS | {"x-pkproxy-key", "key", "token", "headers"}
+
+
+def drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Defence in depth: no event may carry a credential, even if a caller slips."""
+    for name in list(event):
+        if name.lower().replace("_", "-") in _SECRET_KEYS or name.lower() in _SECRET_KEYS:
+            del event[name]
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    json_output = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            drop_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("pkproxy")

@@ -1,0 +1,221 @@
+"""Scheduler: per scope, a fair queue in front of an aiolimiter pacer, paused by upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from aiolimiter import AsyncLimiter
+
+from proxy.core import budget
+from proxy.core.budget import ScopeSpec
+from proxy.core.errors import Throttled
+from proxy.core.fairqueue import FairQueue
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One request waiting for an upstream slot."""
+
+    consumer: str
+    weight: float
+    priority: str
+    deadline: float  # loop time
+    granted: asyncio.Future[float] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeView:
+    """What a consumer should be told about a scope right now (X-RateLimit-*)."""
+
+    scope: str
+    limit: int
+    remaining: int
+    reset_ms: int
+
+
+class ScopeScheduler:
+    """Grants upstream slots of one scope, strictly spaced, fairly among consumers."""
+
+    def __init__(self, spec: ScopeSpec, margin: float, max_queue: int) -> None:
+        self.spec = spec
+        self.interval = spec.interval(margin)
+        self.max_queue = max_queue
+        self._loop = asyncio.get_running_loop()
+        # AsyncLimiter(1, interval) spaces strictly; a capacity of `burst` would let a
+        # burst through, which is only configured deliberately (burst <= rate - 1).
+        self._limiter = AsyncLimiter(spec.burst, spec.burst * self.interval)
+        self._queue: FairQueue[Ticket] = FairQueue()
+        self._wakeup = asyncio.Event()
+        self._paused_until = 0.0
+        self._last_grant = -1e9
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.grants_recent: list[float] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"scheduler-{self.spec.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for ticket in list(self._queue):
+            if not ticket.granted.done():
+                ticket.granted.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def fail_all(self, error: BaseException) -> int:
+        """Answer every queued request with `error` (the drain window ended)."""
+        failed = 0
+        for ticket in list(self._queue):
+            self._queue.remove(ticket.consumer, ticket.priority, ticket)
+            if not ticket.granted.done():
+                ticket.granted.set_exception(error)
+                failed += 1
+        return failed
+
+    # -- estimates -----------------------------------------------------------------
+    def now(self) -> float:
+        return self._loop.time()
+
+    def next_slot_in(self) -> float:
+        now = self.now()
+        return max(self._last_grant + self.interval, self._paused_until, now) - now
+
+    def wait_for_new(self, consumer: str, weight: float) -> float:
+        ahead = self._queue.ahead_of_new(consumer, weight)
+        return budget.estimated_wait(self.next_slot_in(), ahead, self.interval)
+
+    def depth(self, consumer: str | None = None) -> int:
+        return len(self._queue) if consumer is None else self._queue.depth(consumer)
+
+    def depths(self) -> dict[str, int]:
+        return self._queue.depths()
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self.now())
+
+    def view(self, consumer: str, weight: float, max_wait: float) -> ScopeView:
+        wait = self.wait_for_new(consumer, weight)
+        remaining = budget.remaining_capacity(wait, max_wait, self.interval, self.spec.limit)
+        until = self.next_slot_in() if remaining > 0 else max(wait - max_wait, 0) + self.interval
+        return ScopeView(self.spec.name, self.spec.limit, remaining, _wall_ms(until))
+
+    def throttled(self, wait: float, max_wait: float, reason: str) -> Throttled:
+        retry = budget.retry_after_for(wait, max_wait, self.next_slot_in())
+        return Throttled(
+            self.spec.name, int(retry * 1000) + 1, self.spec.limit, _wall_ms(retry), reason
+        )
+
+    # -- the flow ------------------------------------------------------------------
+    async def acquire(self, ticket: Ticket, max_wait: float, front: bool = False) -> float:
+        """Wait for a slot; raise Throttled if the deadline cannot be or was not met."""
+        wait = self.wait_for_new(ticket.consumer, ticket.weight)
+        if not front and len(self._queue) >= self.max_queue:
+            raise self.throttled(wait, max_wait, "queue_full")
+        if self.now() + wait > ticket.deadline:
+            raise self.throttled(wait, max_wait, "deadline")
+        self._queue.push(ticket.consumer, ticket.weight, ticket.priority, ticket, front)
+        self._wakeup.set()
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(ticket.granted), max(0.0, ticket.deadline - self.now())
+                )
+            except TimeoutError:
+                if ticket.granted.done() and not ticket.granted.cancelled():
+                    return ticket.granted.result()  # granted in the same instant: use it
+                if ticket.deadline > self.now():
+                    continue  # a coalesced waiter lengthened the deadline
+                self._withdraw(ticket)
+                wait = self.wait_for_new(ticket.consumer, ticket.weight)
+                raise self.throttled(wait, max_wait, "deadline") from None
+            except asyncio.CancelledError:
+                self._withdraw(ticket)
+                raise
+
+    def _withdraw(self, ticket: Ticket) -> None:
+        """Take a ticket out of the queue: its slot goes to the next request."""
+        self._queue.remove(ticket.consumer, ticket.priority, ticket)
+        if not ticket.granted.done():
+            ticket.granted.cancel()
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing in this scope for `seconds` (upstream 429 or Remaining: 0)."""
+        self._paused_until = max(self._paused_until, self.now() + seconds)
+
+    async def _run(self) -> None:
+        while True:
+            if not len(self._queue):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.paused_for > 0:
+                await asyncio.sleep(self.paused_for)
+                continue
+            await self._limiter.acquire()
+            if self.paused_for > 0:
+                continue  # a 429 arrived while waiting: the pause wins
+            self._grant_next()
+
+    def _grant_next(self) -> None:
+        while (popped := self._queue.pop()) is not None:
+            ticket = popped[1]
+            if ticket.granted.done():
+                continue
+            now = self.now()
+            self._last_grant = now
+            self.sent += 1
+            self.grants_recent.append(now)
+            if len(self.grants_recent) > 256:
+                del self.grants_recent[:128]
+            ticket.granted.set_result(now)
+            return
+
+    def utilisation(self, window: float = 60.0) -> float:
+        """Share of the scope's capacity used over the last `window` seconds."""
+        since = self.now() - window
+        used = sum(1 for t in self.grants_recent if t >= since)
+        return min(1.0, used * self.interval / window)
+
+
+def _wall_ms(seconds_from_now: float) -> int:
+    return int((time.time() + max(0.0, seconds_from_now)) * 1000)
+
+
+class Scheduler:
+    """All scopes, started and stopped together inside the running loop."""
+
+    def __init__(self, scopes: tuple[ScopeSpec, ...], margin: float, max_queue: int) -> None:
+        self.specs = scopes
+        self.scopes = {s.name: ScopeScheduler(s, margin, max_queue) for s in scopes}
+
+    def for_request(self, method: str, template: str) -> ScopeScheduler:
+        return self.scopes[budget.scope_for(method, template, self.specs).name]
+
+    def start(self) -> None:
+        for scope in self.scopes.values():
+            scope.start()
+
+    async def stop(self) -> None:
+        for scope in self.scopes.values():
+            await scope.stop()
+
+    @property
+    def running(self) -> bool:
+        return all(scope.running for scope in self.scopes.values())
+
+    def queued(self) -> int:
+        return sum(scope.depth() for scope in self.scopes.values())
+
+    def fail_all(self, error: BaseException) -> int:
+        return sum(scope.fail_all(error) for scope in self.scopes.values())

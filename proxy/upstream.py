@@ -1,0 +1,95 @@
+"""The upstream client: one shared ClientSession to the fixed origin, errors mapped once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.settings import UpstreamSettings
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    elapsed: float
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+@contextmanager
+def _map_errors(timeout: float) -> Iterator[None]:
+    """Translate aiohttp's and asyncio's errors into the proxy's, in one place."""
+    try:
+        yield
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream did not answer within {timeout:g} s") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnavailable(f"cannot connect to upstream: {exc.os_error.strerror or exc}") from exc
+    except aiohttp.ClientError as exc:
+        reason = type(exc).__name__
+        raise UpstreamUnavailable(f"upstream connection failed ({reason})") from exc
+
+
+class Upstream:
+    """Sends one request to the fixed upstream origin; never follows redirects."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        self._origin = settings.url
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._settings.max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=self._settings.timeout_seconds,
+                connect=self._settings.connect_timeout_seconds,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, path_and_query: str) -> URL:
+        # The origin is fixed; the path was validated by admission and is sent as is.
+        return URL(str(self._origin) + path_and_query, encoded=True)
+
+    async def send(
+        self, method: str, path_and_query: str, headers: list[tuple[str, str]], body: bytes
+    ) -> UpstreamResponse:
+        assert self._session is not None, "Upstream.start() was not awaited"
+        started = time.perf_counter()
+        with _map_errors(self._settings.timeout_seconds):
+            async with self._session.request(
+                method,
+                self.url(path_and_query),
+                headers=CIMultiDict(headers),
+                data=body if body or method in {"POST", "PATCH", "PUT"} else None,
+                allow_redirects=False,
+            ) as response:
+                payload = await response.read()
+                raw_headers = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
+                ]
+                return UpstreamResponse(
+                    response.status, raw_headers, payload, time.perf_counter() - started
+                )
