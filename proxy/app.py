@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,6 +17,8 @@ from proxy.quotas import Quotas
 from proxy.scheduler import Scheduler
 from proxy.settings import Settings
 from proxy.upstream import Upstream
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True)
@@ -45,8 +47,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     scheduler.start()
     metrics = app[METRICS]
     app[GATEWAY] = Gateway(
-        settings, scheduler, Forwarder(upstream, metrics), cache,
-        Consumers(settings.consumers), Quotas(), metrics,
+        settings,
+        scheduler,
+        Forwarder(upstream, metrics),
+        cache,
+        Consumers(settings.consumers),
+        Quotas(),
+        metrics,
     )
     app[LIFECYCLE].ready = True
     app[LIFECYCLE].started_at = time.time()
@@ -129,14 +136,23 @@ async def status_endpoint(request: web.Request) -> web.Response:
             "draining": gateway.draining,
             "uptime_s": round(time.time() - request.app[LIFECYCLE].started_at, 1),
             "scopes": scopes,
-            "cache": {**stats, "lookups": gateway.lookups, "hits": gateway.hits,
-                      "hit_ratio": hit_ratio, "in_flight": len(gateway.coalescer)},
+            "cache": {
+                **stats,
+                "lookups": gateway.lookups,
+                "hits": gateway.hits,
+                "hit_ratio": hit_ratio,
+                "in_flight": len(gateway.coalescer),
+            },
         }
     )
 
 
-_OWN = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_endpoint,
-        "/status": status_endpoint}
+_OWN = {
+    "/healthz": healthz,
+    "/readyz": readyz,
+    "/metrics": metrics_endpoint,
+    "/status": status_endpoint,
+}
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -147,8 +163,17 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle(request)
 
 
+@web.middleware
+async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Targets the router cannot match (CONNECT's authority-form) are refused by the gateway
+    too, so that every refusal has PluralKit's shape and its request.completed event."""
+    if request.match_info.http_exception is not None:
+        return await request.app[GATEWAY].handle(request)
+    return await handler(request)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[unrouted])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()

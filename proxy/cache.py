@@ -51,8 +51,14 @@ class Entry:
         try:
             meta = json.loads(rest[:meta_len])
             headers = tuple((str(k), str(v)) for k, v in meta["h"])
-            return cls(int(meta["s"]), headers, rest[meta_len:], float(meta["t"]),
-                       float(meta["l"]), str(meta["g"]))
+            return cls(
+                int(meta["s"]),
+                headers,
+                rest[meta_len:],
+                float(meta["t"]),
+                float(meta["l"]),
+                str(meta["g"]),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptEntry("bad metadata") from exc
 
@@ -70,7 +76,7 @@ class CacheStore(Protocol):
 class MemoryTier:
     """An LRU bounded by bytes, with a tag index so that a path evicts all its queries."""
 
-    __slots__ = ("_entries", "_tags", "_limit", "_bytes", "evictions")
+    __slots__ = ("_bytes", "_entries", "_limit", "_tags", "evictions")
 
     def __init__(self, limit_bytes: int) -> None:
         self._entries: OrderedDict[str, Entry] = OrderedDict()
@@ -171,18 +177,8 @@ class TieredCache:
 
     async def evict_tag(self, tag: str) -> int:
         count = self.memory.evict_tag(tag)
-        return count + await asyncio.to_thread(self._disk.evict, tag)
-
-    async def get_many_json(self, keys: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in keys:
-            entry = await self.get(key)
-            if entry is not None and entry.status == 200:
-                try:
-                    out[key] = json.loads(entry.body)
-                except (ValueError, UnicodeDecodeError):
-                    continue
-        return out
+        evicted: int = await asyncio.to_thread(self._disk.evict, tag)
+        return count + evicted
 
     def stats(self) -> dict[str, int]:
         return {
@@ -196,7 +192,8 @@ class TieredCache:
 
     async def clear(self) -> int:
         self.memory.clear()
-        return int(await asyncio.to_thread(self._disk.clear))
+        removed: int = await asyncio.to_thread(self._disk.clear)
+        return removed
 
     async def close(self) -> None:
         await asyncio.to_thread(self._disk.close)

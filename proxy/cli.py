@@ -26,9 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="FILE", help="TOML configuration file")
     common.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     common.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    common.add_argument("--upstream", metavar="URL", help="upstream origin (default https://api.pluralkit.me)")
+    common.add_argument(
+        "--upstream", metavar="URL", help="upstream origin (default https://api.pluralkit.me)"
+    )
     parser = argparse.ArgumentParser(
-        prog="pkproxy", parents=[common],
+        prog="pkproxy",
+        parents=[common],
         description="Caching, rate-limit-aware reverse proxy for the PluralKit API v2.",
     )
     sub = parser.add_subparsers(dest="command")
@@ -106,7 +109,7 @@ def _running_stats(settings: Settings) -> Any:
     """The hit ratio since start, if a proxy is running at the configured address."""
     url = f"http://{settings.server.host}:{settings.server.port}/status"
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as answer:  # noqa: S310 - local, fixed
+        with urllib.request.urlopen(url, timeout=1.0) as answer:
             return json.load(answer).get("cache")
     except (OSError, ValueError):
         return None
@@ -127,13 +130,21 @@ async def serve(settings: Settings) -> int:
     try:
         await site.start()
     except OSError as error:
-        log.error("server.bind_failed", host=settings.server.host, port=settings.server.port,
-                  error=str(error))
+        log.error(
+            "server.bind_failed",
+            host=settings.server.host,
+            port=settings.server.port,
+            error=str(error),
+        )
         await runner.cleanup()
         return 1
-    log.info("server.started", host=settings.server.host, port=settings.server.port,
-             upstream=str(settings.upstream.url),
-             scopes=[f"{s.name}:{s.rate:g}/s" for s in settings.budget.scopes])
+    log.info(
+        "server.started",
+        host=settings.server.host,
+        port=settings.server.port,
+        upstream=str(settings.upstream.url),
+        scopes=[f"{s.name}:{s.rate:g}/s" for s in settings.budget.scopes],
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

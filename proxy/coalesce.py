@@ -49,7 +49,9 @@ class Coalescer(Generic[T]):
         self._flights[key] = flight
         return flight, False
 
-    async def join(self, key: str, make: Make[T], deadline: float, timeout: float) -> tuple[T, bool]:
+    async def join(
+        self, key: str, make: Make[T], deadline: float, timeout: float
+    ) -> tuple[T, bool]:
         """Wait for the shared call (starting it if needed); True if another started it.
 
         The shared task is shielded from any one waiter's cancellation; when the last

@@ -67,6 +67,7 @@ class Forwarder:
             if on_sent is not None:
                 on_sent()
             self.in_flight += 1
+            scope.mark_sent()
             try:
                 response = await self._upstream.send(
                     out.method, out.path_and_query, out.headers, out.body

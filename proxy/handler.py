@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.cache import Entry, TieredCache
+from proxy.coalesce import Coalescer, Flight
 from proxy.consumers import Consumer, Consumers
 from proxy.core import cachepolicy
 from proxy.core.admission import Target, admit
@@ -36,7 +37,6 @@ from proxy.core.headers import (
     response_headers,
 )
 from proxy.core.invalidation import parse_json, paths_to_evict
-from proxy.coalesce import Coalescer, Flight
 from proxy.forward import Forwarder, Outbound
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
@@ -180,8 +180,15 @@ class Gateway:
         body = await _read_body(request, self.settings.server.max_body_bytes)
         max_wait = wait_ms / 1000.0
         return Request(
-            target, consumer, scope, control.priority or consumer.priority, max_wait,
-            scope.now() + max_wait, raw_headers, body, has_credential(raw_headers),
+            target,
+            consumer,
+            scope,
+            control.priority or consumer.priority,
+            max_wait,
+            scope.now() + max_wait,
+            raw_headers,
+            body,
+            has_credential(raw_headers),
         )
 
     # -- uncached path --------------------------------------------------------------
@@ -205,11 +212,21 @@ class Gateway:
         self, req: Request, method: str, headers: list[tuple[str, str]], body: bytes
     ) -> Outbound:
         return Outbound(
-            method, req.target.path_and_query, headers, body, req.consumer.name,
-            req.consumer.label, req.consumer.weight, req.priority, req.max_wait, req.deadline,
+            method,
+            req.target.path_and_query,
+            headers,
+            body,
+            req.consumer.name,
+            req.consumer.label,
+            req.consumer.weight,
+            req.priority,
+            req.max_wait,
+            req.deadline,
         )
 
-    def _respond(self, req: Request, upstream: UpstreamResponse, cache: str = "BYPASS") -> web.Response:
+    def _respond(
+        self, req: Request, upstream: UpstreamResponse, cache: str = "BYPASS"
+    ) -> web.Response:
         headers = response_headers(upstream.headers, self.settings.upstream.via)
         extra = {**self._rate_headers(req), "X-Cache": cache}
         if upstream.status == 429:
@@ -220,8 +237,9 @@ class Gateway:
         return passthrough(upstream.status, headers, upstream.body, extra)
 
     def _rate_headers(self, req: Request) -> dict[str, str]:
-        view = self.quotas.view(req.consumer, req.scope.view(
-            req.consumer.name, req.consumer.weight, req.max_wait))
+        view = self.quotas.view(
+            req.consumer, req.scope.view(req.consumer.name, req.consumer.weight, req.max_wait)
+        )
         return rate_headers(view)
 
     # -- cached path ----------------------------------------------------------------
@@ -235,7 +253,10 @@ class Gateway:
         state: Fresh | Stale | Expired | Miss = Miss()
         if entry is not None:
             state = cachepolicy.classify_age(
-                entry.stored_at, entry.ttl, time.time(), settings.grace_seconds,
+                entry.stored_at,
+                entry.ttl,
+                time.time(),
+                settings.grace_seconds,
                 settings.max_stale_seconds,
             )
         self.lookups += 1
@@ -265,7 +286,12 @@ class Gateway:
             if not self.coalescer_has(key):
                 self.quotas.admit(req.consumer, req.scope)
             upstream, shared = await self.coalescer.join(
-                key, make, req.deadline, max(0.0, req.deadline - req.scope.now()) + 0.05 + self.settings.upstream.timeout_seconds
+                key,
+                make,
+                req.deadline,
+                max(0.0, req.deadline - req.scope.now())
+                + 0.05
+                + self.settings.upstream.timeout_seconds,
             )
         except (UpstreamUnavailable, UpstreamTimeout, Throttled, TimeoutError) as error:
             if usable is not None:
@@ -274,7 +300,11 @@ class Gateway:
                 self.metrics.cache_lookups.labels("stale_if_error").inc()
                 return self._from_entry(req, usable, "STALE")
             if isinstance(error, TimeoutError):
-                raise req.scope.throttled(req.scope.wait_for_new(req.consumer.name, req.consumer.weight), req.max_wait, "deadline") from None
+                raise req.scope.throttled(
+                    req.scope.wait_for_new(req.consumer.name, req.consumer.weight),
+                    req.max_wait,
+                    "deadline",
+                ) from None
             raise
         if shared:
             log.cache = "COALESCED"
@@ -320,28 +350,39 @@ class Gateway:
         if self.coalescer_has(key):
             return
         refresh = Request(
-            req.target, Consumer(REFRESH_CONSUMER, REFRESH_CONSUMER, 1.0, "background"),
-            req.scope, "background", self.settings.budget.max_wait_ceiling_ms / 1000,
+            req.target,
+            Consumer(REFRESH_CONSUMER, REFRESH_CONSUMER, 1.0, "background"),
+            req.scope,
+            "background",
+            self.settings.budget.max_wait_ceiling_ms / 1000,
             req.scope.now() + self.settings.budget.max_wait_ceiling_ms / 1000,
-            req.headers, b"", False,
+            req.headers,
+            b"",
+            False,
         )
         flight, _ = self.coalescer.start(key, self._make_fetch(refresh, key, encoding, None), True)
         flight.task.add_done_callback(_swallow)
 
-    async def _store(self, req: Request, key: str, upstream: UpstreamResponse, started: float) -> None:
+    async def _store(
+        self, req: Request, key: str, upstream: UpstreamResponse, started: float
+    ) -> None:
         assert self.cache is not None
         tag = req.target.path
         if self._evicted_at.get(tag, 0.0) >= started:
             self.metrics.cache_stores.labels("invalidated_in_flight").inc()
             return
         decision = cachepolicy.store_decision(
-            upstream.status, upstream.headers, upstream.body,
+            upstream.status,
+            upstream.headers,
+            upstream.body,
             self.settings.cache.ttl_for(req.target.route.template),
             self.settings.cache.negative_ttl_seconds,
         )
         self.metrics.cache_stores.labels(decision.reason).inc()
         if not decision.store:
-            self._log.debug("cache.store_skipped", route=req.target.route.template, reason=decision.reason)
+            self._log.debug(
+                "cache.store_skipped", route=req.target.route.template, reason=decision.reason
+            )
             return
         headers = tuple(response_headers(upstream.headers, "")[:-1])
         entry = Entry(upstream.status, headers, upstream.body, time.time(), decision.ttl, tag)
@@ -350,8 +391,12 @@ class Gateway:
     def _from_entry(self, req: Request, entry: Entry | None, cache: str) -> web.Response:
         assert entry is not None
         age = max(0, int(time.time() - entry.stored_at))
-        extra = {**self._rate_headers(req), "X-Cache": cache, "Age": str(age),
-                 "Via": self.settings.upstream.via}
+        extra = {
+            **self._rate_headers(req),
+            "X-Cache": cache,
+            "Age": str(age),
+            "Via": self.settings.upstream.via,
+        }
         return passthrough(entry.status, list(entry.headers), entry.body, extra)
 
     # -- writes ---------------------------------------------------------------------
@@ -382,17 +427,29 @@ class Gateway:
         self.metrics.cache_invalidations.inc(len(paths))
         self._log.debug("cache.invalidated", route=req.target.route.template, paths=len(paths))
         if len(self._evicted_at) > 10_000:
-            horizon = now - self.settings.upstream.timeout_seconds - self.settings.budget.max_wait_ceiling_ms / 1000
+            horizon = (
+                now
+                - self.settings.upstream.timeout_seconds
+                - self.settings.budget.max_wait_ceiling_ms / 1000
+            )
             self._evicted_at = {k: v for k, v in self._evicted_at.items() if v > horizon}
 
     def _credential_digest(self, req: Request) -> bytes:
-        creds = sorted((k.lower(), v) for k, v in req.headers if k.lower() in {"authorization", "x-pluralkit-app"})
+        creds = sorted(
+            (k.lower(), v)
+            for k, v in req.headers
+            if k.lower() in {"authorization", "x-pluralkit-app"}
+        )
         return hmac.new(self._me_secret, repr(creds).encode(), hashlib.sha256).digest()
 
     def _learn_me(self, req: Request, upstream: UpstreamResponse) -> None:
         """Remember which system a credential's @me is (keyed by a keyed hash, in memory)."""
         body = parse_json(upstream.body)
-        if upstream.status != 200 or not isinstance(body, dict) or req.target.route.kind != "systems":
+        if (
+            upstream.status != 200
+            or not isinstance(body, dict)
+            or req.target.route.kind != "systems"
+        ):
             return
         system = body.get("id")
         if req.target.route.template == "/v2/systems/{ref}" and isinstance(system, str):

@@ -16,47 +16,69 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
-            "pkproxy_requests", "Requests answered, by route template, method, status and cache result.",
-            ["route", "method", "status", "cache"], registry=registry,
+            "pkproxy_requests",
+            "Requests answered, by route template, method, status and cache result.",
+            ["route", "method", "status", "cache"],
+            registry=registry,
         )
         self.request_duration = Histogram(
-            "pkproxy_request_duration_seconds", "Time to answer a request, by cache result.",
-            ["cache"], buckets=_WAIT_BUCKETS, registry=registry,
+            "pkproxy_request_duration_seconds",
+            "Time to answer a request, by cache result.",
+            ["cache"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
         )
         self.upstream_requests = Counter(
-            "pkproxy_upstream_requests", "Requests sent upstream, by scope and status.",
-            ["scope", "status"], registry=registry,
+            "pkproxy_upstream_requests",
+            "Requests sent upstream, by scope and status.",
+            ["scope", "status"],
+            registry=registry,
         )
         self.upstream_429 = Counter(
-            "pkproxy_upstream_throttled", "429 answers received from upstream (should stay 0).",
-            ["scope"], registry=registry,
+            "pkproxy_upstream_throttled",
+            "429 answers received from upstream (should stay 0).",
+            ["scope"],
+            registry=registry,
         )
         self.local_429 = Counter(
-            "pkproxy_local_throttled", "429 answers issued by the proxy, by scope, consumer and reason.",
-            ["scope", "consumer", "reason"], registry=registry,
+            "pkproxy_local_throttled",
+            "429 answers issued by the proxy, by scope, consumer and reason.",
+            ["scope", "consumer", "reason"],
+            registry=registry,
         )
         self.queue_depth = Gauge(
-            "pkproxy_queue_depth", "Requests waiting for an upstream slot.", ["scope"],
+            "pkproxy_queue_depth",
+            "Requests waiting for an upstream slot.",
+            ["scope"],
             registry=registry,
         )
         self.queue_wait = Histogram(
-            "pkproxy_queue_wait_seconds", "Time a request waited for its upstream slot.",
-            ["scope"], buckets=_WAIT_BUCKETS, registry=registry,
+            "pkproxy_queue_wait_seconds",
+            "Time a request waited for its upstream slot.",
+            ["scope"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
         )
         self.coalesced = Counter(
-            "pkproxy_coalesced_requests", "Requests answered by another request's upstream call.",
+            "pkproxy_coalesced_requests",
+            "Requests answered by another request's upstream call.",
             registry=registry,
         )
         self.cache_lookups = Counter(
-            "pkproxy_cache_lookups", "Shared-cache lookups by result (hit, stale, miss).",
-            ["result"], registry=registry,
+            "pkproxy_cache_lookups",
+            "Shared-cache lookups by result (hit, stale, miss).",
+            ["result"],
+            registry=registry,
         )
         self.cache_stores = Counter(
-            "pkproxy_cache_stores", "Upstream answers stored or skipped, by reason.",
-            ["reason"], registry=registry,
+            "pkproxy_cache_stores",
+            "Upstream answers stored or skipped, by reason.",
+            ["reason"],
+            registry=registry,
         )
         self.cache_invalidations = Counter(
-            "pkproxy_cache_invalidated_paths", "Paths evicted because a write made them wrong.",
+            "pkproxy_cache_invalidated_paths",
+            "Paths evicted because a write made them wrong.",
             registry=registry,
         )
         self.cache_entries = Gauge(
@@ -66,17 +88,21 @@ class Metrics:
             "pkproxy_cache_bytes", "Bytes held, by tier.", ["tier"], registry=registry
         )
         self.cache_evictions = Gauge(
-            "pkproxy_cache_memory_evictions", "Entries evicted from the memory tier for space.",
+            "pkproxy_cache_memory_evictions",
+            "Entries evicted from the memory tier for space.",
             registry=registry,
         )
         self.utilisation = Gauge(
             "pkproxy_budget_utilisation_ratio",
-            "Share of each scope's upstream budget used over the last minute.", ["scope"],
+            "Share of each scope's upstream budget used over the last minute.",
+            ["scope"],
             registry=registry,
         )
         self.upstream_paused = Gauge(
-            "pkproxy_upstream_paused_seconds", "Seconds a scope stays paused after upstream pushed back.",
-            ["scope"], registry=registry,
+            "pkproxy_upstream_paused_seconds",
+            "Seconds a scope stays paused after upstream pushed back.",
+            ["scope"],
+            registry=registry,
         )
 
     def render(self) -> bytes:

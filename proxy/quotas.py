@@ -1,4 +1,4 @@
-"""Per-consumer quotas: upstream-bound rate and queued bound, answered with the consumer's own 429."""
+"""Per-consumer quotas: upstream-bound rate and queue bound, answered with its own 429."""
 
 from __future__ import annotations
 
@@ -31,15 +31,25 @@ class Quotas:
         if spec is None:
             return
         if spec.max_queued is not None and scope.depth(consumer.name) >= spec.max_queued:
-            raise Throttled(f"consumer:{spec.name}", int(scope.interval * 1000) + 1,
-                            spec.max_queued, _wall_ms(scope.interval), "consumer_queue_full")
+            raise Throttled(
+                f"consumer:{spec.name}",
+                int(scope.interval * 1000) + 1,
+                spec.max_queued,
+                _wall_ms(scope.interval),
+                "consumer_queue_full",
+            )
         bucket = self._bucket(consumer)
         if bucket is None:
             return
         check = bucket.take(self._clock())
         if not check.allowed:
-            raise Throttled(f"consumer:{spec.name}", int(check.retry_after * 1000) + 1,
-                            bucket.burst, _wall_ms(check.retry_after), "consumer_quota")
+            raise Throttled(
+                f"consumer:{spec.name}",
+                int(check.retry_after * 1000) + 1,
+                bucket.burst,
+                _wall_ms(check.retry_after),
+                "consumer_quota",
+            )
 
     def view(self, consumer: Consumer, scope_view: ScopeView) -> ScopeView:
         """The tighter of the scope's and the consumer's own limit."""
@@ -50,10 +60,10 @@ class Quotas:
         if check.remaining >= scope_view.remaining:
             return scope_view
         reset = check.retry_after if check.remaining == 0 else 0.0
-        return ScopeView(f"consumer:{consumer.spec.name}", bucket.burst, check.remaining,
-                         _wall_ms(reset))
+        return ScopeView(
+            f"consumer:{consumer.spec.name}", bucket.burst, check.remaining, _wall_ms(reset)
+        )
 
 
 def _wall_ms(seconds_from_now: float) -> int:
     return int((time.time() + max(0.0, seconds_from_now)) * 1000)
-

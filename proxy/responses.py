@@ -66,8 +66,9 @@ def passthrough(
     for name, value in extra.items():
         out[name] = value
     # A 429 passed back from upstream gets the Retry-After PluralKit never sends.
-    response = web.Response(status=status, body=body if status not in {204, 304} else None,
-                            headers=out)
+    response = web.Response(
+        status=status, body=body if status not in {204, 304} else None, headers=out
+    )
     return response
 
 

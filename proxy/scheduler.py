@@ -23,7 +23,9 @@ class Ticket:
     weight: float
     priority: str
     deadline: float  # loop time
-    granted: asyncio.Future[float] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    granted: asyncio.Future[float] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class ScopeScheduler:
         self._wakeup = asyncio.Event()
         self._paused_until = 0.0
         self._last_grant = -1e9
+        self._last_sent = -1e9
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.grants_recent: list[float] = []
@@ -88,7 +91,8 @@ class ScopeScheduler:
 
     def next_slot_in(self) -> float:
         now = self.now()
-        return max(self._last_grant + self.interval, self._paused_until, now) - now
+        last = max(self._last_grant, self._last_sent)
+        return max(last + self.interval, self._paused_until, now) - now
 
     def wait_for_new(self, consumer: str, weight: float) -> float:
         ahead = self._queue.ahead_of_new(consumer, weight)
@@ -149,6 +153,10 @@ class ScopeScheduler:
         if not ticket.granted.done():
             ticket.granted.cancel()
 
+    def mark_sent(self) -> None:
+        """Called just before a granted request is written to upstream."""
+        self._last_sent = max(self._last_sent, self.now())
+
     def pause(self, seconds: float) -> None:
         """Send nothing in this scope for `seconds` (upstream 429 or Remaining: 0)."""
         self._paused_until = max(self._paused_until, self.now() + seconds)
@@ -163,6 +171,10 @@ class ScopeScheduler:
                 await asyncio.sleep(self.paused_for)
                 continue
             await self._limiter.acquire()
+            # Space by when requests were really sent, not granted: a request that left the
+            # event loop late must not leave the next one arriving early upstream.
+            while (gap := self._last_sent + self.interval - self.now()) > 0:
+                await asyncio.sleep(gap)
             if self.paused_for > 0:
                 continue  # a 429 arrived while waiting: the pause wins
             self._grant_next()

@@ -310,8 +310,15 @@ class _Checker:
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
 
-    def number(self, raw: Mapping[str, Any], section: str, key: str, low: float = 0.0,
-               integer: bool = False, strict: bool = False) -> Any:
+    def number(
+        self,
+        raw: Mapping[str, Any],
+        section: str,
+        key: str,
+        low: float = 0.0,
+        integer: bool = False,
+        strict: bool = False,
+    ) -> Any:
         value = raw[key]
         ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type:
@@ -321,8 +328,9 @@ class _Checker:
             self.problems.append(f"{section}.{key} must be {'>' if strict else '>='} {low}")
         return value
 
-    def text(self, raw: Mapping[str, Any], section: str, key: str,
-             choices: tuple[str, ...] | None = None) -> str:
+    def text(
+        self, raw: Mapping[str, Any], section: str, key: str, choices: tuple[str, ...] | None = None
+    ) -> str:
         value = raw[key]
         if not isinstance(value, str):
             self.problems.append(f"{section}.{key} must be a string")
@@ -365,8 +373,9 @@ def _build_upstream(raw: Mapping[str, Any], c: _Checker) -> UpstreamSettings:
     return UpstreamSettings(
         url=url.origin(),
         timeout_seconds=c.number(raw, "upstream", "timeout_seconds", 0, strict=True),
-        connect_timeout_seconds=c.number(raw, "upstream", "connect_timeout_seconds", 0,
-                                         strict=True),
+        connect_timeout_seconds=c.number(
+            raw, "upstream", "connect_timeout_seconds", 0, strict=True
+        ),
         user_agent=agent,
         max_connections=c.number(raw, "upstream", "max_connections", 1, integer=True),
         via=c.text(raw, "upstream", "via"),
@@ -399,6 +408,7 @@ def _build_scope(item: Any, index: int, c: _Checker) -> ScopeSpec | None:
     c.problems.extend(f"{where}: {problem}" for problem in bad)
     if bad:
         return None
+    assert isinstance(name, str) and isinstance(rate, (int, float))
     return ScopeSpec(name, float(rate), burst, tuple(m.upper() for m in methods), tuple(routes))
 
 
@@ -464,7 +474,9 @@ def _build_cache(raw: Mapping[str, Any], c: _Checker) -> CacheSettings:
     )
 
 
-def _build_consumer(item: Any, index: int, c: _Checker, default_priority: str) -> ConsumerSpec | None:
+def _build_consumer(
+    item: Any, index: int, c: _Checker, default_priority: str
+) -> ConsumerSpec | None:
     where = f"consumers.keys[{index}]"
     if not isinstance(item, Mapping):
         c.problems.append(f"{where} must be a table")
@@ -483,8 +495,9 @@ def _build_consumer(item: Any, index: int, c: _Checker, default_priority: str) -
         bad.append("weight must be a number > 0")
     if priority not in PRIORITIES:
         bad.append(f"priority must be one of {', '.join(PRIORITIES)}")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
-                             or rate <= 0):
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
+    ):
         bad.append("rate must be a number > 0")
     if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
         bad.append("burst must be a whole number >= 1")
@@ -493,8 +506,16 @@ def _build_consumer(item: Any, index: int, c: _Checker, default_priority: str) -
     c.problems.extend(f"{where}: {problem}" for problem in bad)
     if bad:
         return None
-    return ConsumerSpec(name, key, float(weight), priority,
-                        float(rate) if rate is not None else None, burst, max_queued)
+    assert isinstance(name, str) and isinstance(key, str)
+    return ConsumerSpec(
+        name,
+        key,
+        float(weight),
+        priority,
+        float(rate) if rate is not None else None,
+        burst,
+        max_queued,
+    )
 
 
 def _build_consumers(raw: Mapping[str, Any], c: _Checker) -> ConsumerSettings:

@@ -38,7 +38,9 @@ def _map_errors(timeout: float) -> Iterator[None]:
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream did not answer within {timeout:g} s") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnavailable(f"cannot connect to upstream: {exc.os_error.strerror or exc}") from exc
+        raise UpstreamUnavailable(
+            f"cannot connect to upstream: {exc.os_error.strerror or exc}"
+        ) from exc
     except aiohttp.ClientError as exc:
         reason = type(exc).__name__
         raise UpstreamUnavailable(f"upstream connection failed ({reason})") from exc

@@ -117,4 +117,3 @@ def admit(method: str, raw_target: str) -> Target:
         raise NotFound("404: not found")
     path = normalise_path(raw_path)
     return Target(method, match_route(path), canonical_query(raw_query))
-

@@ -35,7 +35,7 @@ class FairQueue(Generic[T]):
     request waits at most about one slot per other active consumer, whatever the backlog.
     """
 
-    __slots__ = ("_consumers", "_vtime", "_order", "_lane_weights", "_size")
+    __slots__ = ("_consumers", "_lane_weights", "_order", "_size", "_vtime")
 
     def __init__(self, lane_weights: dict[str, float] | None = None) -> None:
         self._consumers: dict[str, _Consumer[T]] = {}
@@ -77,9 +77,7 @@ class FairQueue(Generic[T]):
         if not self._consumers:
             return None
         name, state = min(self._consumers.items(), key=lambda kv: (kv[1].tag, kv[1].order))
-        priority = min(
-            state.lanes, key=lambda p: (state.lane_pass[p], PRIORITIES.index(p))
-        )
+        priority = min(state.lanes, key=lambda p: (state.lane_pass[p], PRIORITIES.index(p)))
         item = state.lanes[priority].popleft()
         state.lane_vtime = state.lane_pass[priority]
         state.lane_pass[priority] += 1.0 / self._lane_weights.get(priority, 1.0)

@@ -18,7 +18,7 @@ class QuotaBucket:
     """GCRA: `rate` per second, up to `burst` at once. Unlike PluralKit's, a refused
     request is not charged, and `remaining` is exact."""
 
-    __slots__ = ("rate", "burst", "_tat")
+    __slots__ = ("_tat", "burst", "rate")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate

@@ -1,0 +1,60 @@
+"""Shared fixtures: the fake PluralKit on a real socket, and the real proxy in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.logs import configure_logging
+from proxy.settings import Settings, load_settings
+from tests.fakepk import FakePluralKit
+
+configure_logging("info", "json")
+
+MakeProxy = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+def fake() -> FakePluralKit:
+    return FakePluralKit()
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any, fake: FakePluralKit) -> TestServer:
+    server: TestServer = await aiohttp_server(fake.app())
+    return server
+
+
+def proxy_settings(upstream_url: str, cache_dir: Path, **sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {
+        "upstream": {"url": upstream_url, "timeout_seconds": 5.0},
+        "cache": {"directory": str(cache_dir)},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_settings(env={}, overrides=overrides)
+
+
+@pytest.fixture
+async def make_proxy(aiohttp_server: Any, upstream: TestServer, tmp_path: Path) -> MakeProxy:
+    async def make(**sections: dict[str, Any]) -> TestServer:
+        settings = proxy_settings(str(upstream.make_url("/")), tmp_path / "cache", **sections)
+        app: web.Application = create_app(settings)
+        server: TestServer = await aiohttp_server(app)
+        return server
+
+    return make
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client, as a bot would use: no base URL magic, a real socket."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
