@@ -8,6 +8,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -102,13 +103,17 @@ class Gateway:
         self.metrics = metrics
         self.draining = False
         self.coalescer: Coalescer[UpstreamResponse] = Coalescer()
-        self._evicted_at: dict[str, float] = {}
+        # Write generation per path: a fetch that started before a write must not store.
+        self._generation = 0
+        self._evicted_gen: dict[str, int] = {}
         self._me: OrderedDict[bytes, str] = OrderedDict()
         self._me_secret = os.urandom(32)
         self._refreshes: set[asyncio.Task[None]] = set()
         self._log = get_logger()
         self.hits = 0
         self.lookups = 0
+        # Wall clock for cache ages (entries outlive the process); tests drive it.
+        self.clock: Callable[[], float] = time.time
 
     # -- entry point ------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -255,7 +260,7 @@ class Gateway:
             state = cachepolicy.classify_age(
                 entry.stored_at,
                 entry.ttl,
-                time.time(),
+                self.clock(),
                 settings.grace_seconds,
                 settings.max_stale_seconds,
             )
@@ -323,7 +328,7 @@ class Gateway:
 
         async def fetch(flight: Flight[UpstreamResponse]) -> UpstreamResponse:
             flight.extend = out.extend
-            started = time.time()
+            started = self._generation
 
             def mark_sent() -> None:
                 flight.sent = True
@@ -364,11 +369,11 @@ class Gateway:
         flight.task.add_done_callback(_swallow)
 
     async def _store(
-        self, req: Request, key: str, upstream: UpstreamResponse, started: float
+        self, req: Request, key: str, upstream: UpstreamResponse, started: int
     ) -> None:
         assert self.cache is not None
         tag = req.target.path
-        if self._evicted_at.get(tag, 0.0) >= started:
+        if self._evicted_gen.get(tag, 0) > started:
             self.metrics.cache_stores.labels("invalidated_in_flight").inc()
             return
         decision = cachepolicy.store_decision(
@@ -385,12 +390,12 @@ class Gateway:
             )
             return
         headers = tuple(response_headers(upstream.headers, "")[:-1])
-        entry = Entry(upstream.status, headers, upstream.body, time.time(), decision.ttl, tag)
+        entry = Entry(upstream.status, headers, upstream.body, self.clock(), decision.ttl, tag)
         await self.cache.set(key, entry)
 
     def _from_entry(self, req: Request, entry: Entry | None, cache: str) -> web.Response:
         assert entry is not None
-        age = max(0, int(time.time() - entry.stored_at))
+        age = max(0, int(self.clock() - entry.stored_at))
         extra = {
             **self._rate_headers(req),
             "X-Cache": cache,
@@ -420,19 +425,16 @@ class Gateway:
                     bodies[path] = body
                     break
         paths = paths_to_evict(req.target.route, request_json, response_json, known, me)
-        now = time.time()
+        self._generation += 1
         for path in paths:
-            self._evicted_at[path] = now
+            self._evicted_gen[path] = self._generation
             await cache.evict_tag(path)
         self.metrics.cache_invalidations.inc(len(paths))
         self._log.debug("cache.invalidated", route=req.target.route.template, paths=len(paths))
-        if len(self._evicted_at) > 10_000:
-            horizon = (
-                now
-                - self.settings.upstream.timeout_seconds
-                - self.settings.budget.max_wait_ceiling_ms / 1000
-            )
-            self._evicted_at = {k: v for k, v in self._evicted_at.items() if v > horizon}
+        if len(self._evicted_gen) > 10_000:
+            # Only fetches in flight can be older than a write; keep the recent generations.
+            floor = self._generation - 1_000
+            self._evicted_gen = {k: v for k, v in self._evicted_gen.items() if v > floor}
 
     def _credential_digest(self, req: Request) -> bytes:
         creds = sorted(

@@ -69,10 +69,14 @@ def reset_to_seconds(value: str) -> float | None:
 def pause_after_429(retry_after_ms: int | None, interval: float) -> float:
     """Seconds to pause a scope after an upstream 429.
 
-    PluralKit may reject a retry that lands exactly at `retry_after` (it truncates
-    `remaining`), so one more interval is added.
+    PluralKit's limiter truncates `remaining`: a retry that lands exactly at `retry_after`
+    is rejected again, so one more interval is added. A 429 with `retry_after: 0` is the
+    boundary case, rejected *and charged*: the bucket moved one emission further out, so
+    the next request must wait up to two intervals or it is charged again, in a cascade.
     """
     retry_after = max(0, retry_after_ms or 0) / 1000.0
+    if retry_after <= 0:
+        return 2 * interval
     return retry_after + interval
 
 

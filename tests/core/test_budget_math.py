@@ -42,6 +42,8 @@ def test_reset_seconds_or_milliseconds(value: str, seconds: float | None) -> Non
 def test_pause_after_429_adds_one_interval() -> None:
     """Retrying exactly at retry_after can be rejected again: one more interval."""
     assert budget.pause_after_429(300, 0.525) == pytest.approx(0.825)
+    # the charged boundary rejection says retry_after 0: the bucket moved a whole emission
+    assert budget.pause_after_429(0, 0.525) == pytest.approx(1.05)
 
 
 def test_remaining_capacity_and_retry_after() -> None:

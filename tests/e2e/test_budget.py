@@ -150,3 +150,15 @@ async def test_upstream_429_past_the_deadline_is_passed_back(
         assert body["message"] == "429: too many requests" and body["scope"] == "generic"
         assert int(r.headers["Retry-After"]) >= 4
     assert len(fake.arrivals) == 1
+
+
+async def test_boundary_rejection_does_not_cascade(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """Someone else on the IP sent a request just before us: PluralKit's charged boundary
+    429 (retry_after 0) costs one retry, not a cascade of charged rejections."""
+    proxy = await make_proxy()
+    fake.block(0.45)  # the bucket's next free instant is 0.45 s away: a boundary rejection
+    async with http.get(proxy.make_url("/v2/members/abcde")) as r:
+        assert r.status == 200
+    assert [a.status for a in fake.arrivals] == [429, 200]

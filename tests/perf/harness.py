@@ -37,9 +37,12 @@ def _fake_app(profile: str, population: int) -> web.Application:
     for n in range(population):
         mid = f"m{n:05d}"[-6:]
         fake.members[mid] = {**fake.members["abcde"], "id": mid, "name": f"Member {n}"}
+
     async def arrivals(request: web.Request) -> web.Response:
-        data = [{"at": a.at, "status": a.status, "scope": a.scope, "path": a.path}
-                for a in fake.arrivals]
+        data = [
+            {"at": a.at, "status": a.status, "scope": a.scope, "path": a.path}
+            for a in fake.arrivals
+        ]
         if request.query.get("clear"):
             fake.arrivals.clear()
         return web.json_response(data)
@@ -56,8 +59,13 @@ def serve_fake() -> None:
     parser.add_argument("--profile", default="seed")
     parser.add_argument("--population", type=int, default=0)
     args = parser.parse_args(sys.argv[2:])
-    web.run_app(_fake_app(args.profile, args.population), host="127.0.0.1", port=args.port,
-                print=None, access_log=None)
+    web.run_app(
+        _fake_app(args.profile, args.population),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+    )
 
 
 def _wait_for(port: int, timeout: float = 15.0) -> None:
@@ -72,24 +80,43 @@ def _wait_for(port: int, timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def processes(profile: str = "seed", env: dict[str, str] | None = None,
-              population: int = 0, fake_profile: str | None = None) -> Iterator[tuple[str, str]]:
+def processes(
+    profile: str = "seed",
+    env: dict[str, str] | None = None,
+    population: int = 0,
+    fake_profile: str | None = None,
+) -> Iterator[tuple[str, str]]:
     """Start the fake and the proxy; yield (proxy_url, fake_url); stop both."""
     fake_port, proxy_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as cache_dir:
         fake = subprocess.Popen(
-            [sys.executable, "-m", "tests.perf", "fake", "--port", str(fake_port),
-             "--profile", fake_profile or profile, "--population", str(population)],
-            cwd=ROOT, stdout=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "tests.perf",
+                "fake",
+                "--port",
+                str(fake_port),
+                "--profile",
+                fake_profile or profile,
+                "--population",
+                str(population),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
         )
         proxy_env = {
-            **os.environ, "PKPROXY_UPSTREAM": f"http://127.0.0.1:{fake_port}",
-            "PKPROXY_PORT": str(proxy_port), "PKPROXY_CACHE_DIRECTORY": cache_dir,
-            "PKPROXY_BUDGET_PROFILE": profile, "PKPROXY_LOG_LEVEL": "warning",
+            **os.environ,
+            "PKPROXY_UPSTREAM": f"http://127.0.0.1:{fake_port}",
+            "PKPROXY_PORT": str(proxy_port),
+            "PKPROXY_CACHE_DIRECTORY": cache_dir,
+            "PKPROXY_BUDGET_PROFILE": profile,
+            "PKPROXY_LOG_LEVEL": "warning",
             **(env or {}),
         }
-        proxy = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=proxy_env,
-                                 stdout=subprocess.DEVNULL)
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy"], cwd=ROOT, env=proxy_env, stdout=subprocess.DEVNULL
+        )
         try:
             _wait_for(fake_port)
             _wait_for(proxy_port)
@@ -127,4 +154,3 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-

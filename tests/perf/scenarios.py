@@ -14,8 +14,10 @@ import aiohttp
 from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
 
 Row = tuple[str, str]
-RATES = {"seed": {"all": 2.0}, "pluralkit": {"generic_get": 10.0, "message": 10.0,
-                                             "generic_update": 3.0}}
+RATES = {
+    "seed": {"all": 2.0},
+    "pluralkit": {"generic_get": 10.0, "message": 10.0, "generic_update": 3.0},
+}
 FAKE_SCOPE = {"generic": "all"}
 
 
@@ -37,8 +39,11 @@ async def _saturate(proxy: str, fake: str, profile: str, seconds: float) -> list
             headers = {"Authorization": "token-exmpl", "X-PKProxy-Max-Wait": "2000"}
             async with session.request(method, url, data=body, headers=headers) as response:
                 await response.read()
-                key = "ok" if response.status < 400 else (
-                    "local_429" if response.status == 429 else "other")
+                key = (
+                    "ok"
+                    if response.status < 400
+                    else ("local_429" if response.status == 429 else "other")
+                )
                 counts[key] += 1
                 if response.status == 429:
                     await asyncio.sleep(0.2)
@@ -55,14 +60,26 @@ async def _saturate(proxy: str, fake: str, profile: str, seconds: float) -> list
         if len(times) < 2:
             continue
         achieved = (len(times) - 1) / (max(times) - min(times))
-        rows.append((f"{profile}/{scope}: upstream req/s under saturation",
-                     f"{achieved:.3f} of {rate:g} ({achieved / rate:.1%})"))
-        rows.append((f"{profile}/{scope}: max requests in any 1 s window",
-                     f"{max_in_window(times)} (rate {rate:g})"))
+        rows.append(
+            (
+                f"{profile}/{scope}: upstream req/s under saturation",
+                f"{achieved:.3f} of {rate:g} ({achieved / rate:.1%})",
+            )
+        )
+        rows.append(
+            (
+                f"{profile}/{scope}: max requests in any 1 s window",
+                f"{max_in_window(times)} (rate {rate:g})",
+            )
+        )
     upstream_429 = sum(1 for a in arrivals if a["status"] == 429)
     rows.append((f"{profile}: upstream 429s received", str(upstream_429)))
-    rows.append((f"{profile}: client answers ok / local 429 / other",
-                 f"{counts['ok']} / {counts['local_429']} / {counts['other']}"))
+    rows.append(
+        (
+            f"{profile}: client answers ok / local 429 / other",
+            f"{counts['ok']} / {counts['local_429']} / {counts['other']}",
+        )
+    )
     return rows
 
 
@@ -87,13 +104,19 @@ async def _latency(proxy: str, fake: str, count: int) -> list[Row]:
                 results[name].append(time.perf_counter() - started)
     direct, via = results["direct"], results["proxy"]
     return [
-        ("uncontended miss: direct p50 / p99 (ms)",
-         f"{percentile(direct, 0.5) * 1000:.2f} / {percentile(direct, 0.99) * 1000:.2f}"),
-        ("uncontended miss: via proxy p50 / p99 (ms)",
-         f"{percentile(via, 0.5) * 1000:.2f} / {percentile(via, 0.99) * 1000:.2f}"),
-        ("uncontended miss: added p50 / p99 (ms)",
-         f"{(percentile(via, 0.5) - percentile(direct, 0.5)) * 1000:.2f} / "
-         f"{(percentile(via, 0.99) - percentile(direct, 0.99)) * 1000:.2f}"),
+        (
+            "uncontended miss: direct p50 / p99 (ms)",
+            f"{percentile(direct, 0.5) * 1000:.2f} / {percentile(direct, 0.99) * 1000:.2f}",
+        ),
+        (
+            "uncontended miss: via proxy p50 / p99 (ms)",
+            f"{percentile(via, 0.5) * 1000:.2f} / {percentile(via, 0.99) * 1000:.2f}",
+        ),
+        (
+            "uncontended miss: added p50 / p99 (ms)",
+            f"{(percentile(via, 0.5) - percentile(direct, 0.5)) * 1000:.2f} / "
+            f"{(percentile(via, 0.99) - percentile(direct, 0.99)) * 1000:.2f}",
+        ),
     ]
 
 
@@ -106,15 +129,156 @@ def latency() -> list[Row]:
         return asyncio.run(_latency(proxy, fake, 400))
 
 
+async def _hammer(url: str, seconds: float, workers: int) -> tuple[int, list[float]]:
+    """Closed loop: `workers` clients each send the next request when the last is answered."""
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            async with session.get(url) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"unexpected {response.status}")
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=workers)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(workers)))
+    return len(latencies), latencies
+
+
+def _passthrough_app(upstream: str) -> Any:
+    """The reference: a bare aiohttp passthrough, no admission, queue or cache."""
+    from aiohttp import web
+
+    async def startup(app: web.Application) -> Any:
+        app["session"] = aiohttp.ClientSession(auto_decompress=False)
+        yield
+        await app["session"].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        async with request.app["session"].get(
+            upstream + request.path_qs, headers={"User-Agent": "ref"}
+        ) as r:
+            return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
+
+    app = web.Application()
+    app.cleanup_ctx.append(startup)
+    app.router.add_get("/{tail:.*}", forward)
+    return app
+
+
+def cache_hits() -> list[Row]:
+    """Cache-hit throughput and latency, against a bare passthrough, in one run."""
+    import multiprocessing
+
+    from tests.perf.harness import free_port
+
+    seconds, workers = 6.0, 32
+    rows: list[Row] = []
+    with processes("seed", fake_profile="unlimited") as (proxy, fake):
+        asyncio.run(_hammer(f"{proxy}/v2/members/abcde", 0.5, 1))  # fill the entry
+        hits, hit_lat = asyncio.run(_hammer(f"{proxy}/v2/members/abcde", seconds, workers))
+        port = free_port()
+        ctx = multiprocessing.get_context("spawn")
+        ref = ctx.Process(target=_serve_passthrough, args=(fake, port), daemon=True)
+        ref.start()
+        try:
+            from tests.perf.harness import _wait_for
+
+            _wait_for(port)
+            passes, pass_lat = asyncio.run(
+                _hammer(f"http://127.0.0.1:{port}/v2/members/abcde", seconds, workers)
+            )
+        finally:
+            ref.terminate()
+            ref.join(10)
+    hit_rps, pass_rps = hits / seconds, passes / seconds
+    rows.append((f"cache hit: req/s ({workers} concurrent clients)", f"{hit_rps:,.0f}"))
+    rows.append(
+        (
+            "cache hit: p50 / p99 (ms)",
+            f"{percentile(hit_lat, 0.5) * 1000:.2f} / {percentile(hit_lat, 0.99) * 1000:.2f}",
+        )
+    )
+    rows.append(("bare aiohttp passthrough (reference): req/s", f"{pass_rps:,.0f}"))
+    rows.append(
+        (
+            "bare passthrough: p50 / p99 (ms)",
+            f"{percentile(pass_lat, 0.5) * 1000:.2f} / {percentile(pass_lat, 0.99) * 1000:.2f}",
+        )
+    )
+    rows.append(("cache hit req/s / passthrough req/s", f"{hit_rps / pass_rps:.2f}"))
+    return rows
+
+
+def _serve_passthrough(upstream: str, port: int) -> None:
+    from aiohttp import web
+
+    web.run_app(
+        _passthrough_app(upstream), host="127.0.0.1", port=port, print=None, access_log=None
+    )
+
+
+async def _zipf_workload(proxy: str, fake: str, population: int, seconds: float) -> list[Row]:
+    """Several bots poll members and systems with Zipf-like popularity."""
+    import random
+
+    rng = random.Random(42)
+    weights = [1.0 / (rank + 1) ** 1.1 for rank in range(population)]
+    ids = [f"m{n:05d}"[-6:] for n in range(population)]
+    stop = time.monotonic() + seconds
+    outcome: dict[str, int] = {}
+
+    async def bot(session: aiohttp.ClientSession, n: int) -> None:
+        while time.monotonic() < stop:
+            member = rng.choices(ids, weights)[0]
+            path = f"/v2/members/{member}" if rng.random() < 0.8 else "/v2/systems/exmpl/fronters"
+            headers = {"User-Agent": f"bot-{n}", "X-PKProxy-Max-Wait": "4000"}
+            async with session.get(proxy + path, headers=headers) as response:
+                await response.read()
+                key = response.headers.get("X-Cache", str(response.status))
+                if response.status == 429:
+                    key = "local 429"
+                outcome[key] = outcome.get(key, 0) + 1
+            await asyncio.sleep(0.1)  # each bot polls about 10 times a second
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(bot(session, n) for n in range(6)))
+        arrivals = await fetch_arrivals(session, fake)
+    total = sum(outcome.values())
+    answered_locally = sum(outcome.get(k, 0) for k in ("HIT", "STALE", "COALESCED"))
+    return [
+        ("zipf workload: requests (6 bots, 400 members, 20 s)", str(total)),
+        (
+            "zipf workload: X-Cache breakdown",
+            ", ".join(f"{k} {v}" for k, v in sorted(outcome.items())),
+        ),
+        ("zipf workload: hit ratio (HIT+STALE+COALESCED)", f"{answered_locally / total:.1%}"),
+        ("zipf workload: upstream requests / saved", f"{len(arrivals)} / {total - len(arrivals)}"),
+    ]
+
+
+def zipf() -> list[Row]:
+    with processes("pluralkit", population=400) as (proxy, fake):
+        return asyncio.run(_zipf_workload(proxy, fake, 400, 20.0))
+
+
 SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "saturation": saturation,
     "latency": latency,
+    "cache": cache_hits,
+    "zipf": zipf,
 }
 
 
 def run_all(only: list[str] | None) -> None:
-    print(f"# pkproxy benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# pkproxy benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
     rows: list[Row] = []
     for name, scenario in SCENARIOS.items():
         if only and name not in only:
