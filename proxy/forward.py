@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -86,9 +87,12 @@ class Forwarder:
     def _on_upstream_429(self, scope: ScopeScheduler, response: UpstreamResponse) -> float:
         body = parse_json(response.body)
         retry_after = body.get("retry_after") if isinstance(body, dict) else None
-        pause = budget.pause_after_429(
-            retry_after if isinstance(retry_after, int) else None, scope.interval
-        )
+        if not isinstance(retry_after, int):
+            # No PluralKit body (an edge in between?): fall back on X-RateLimit-Reset,
+            # which PluralKit sends in seconds and documents in milliseconds.
+            reset = budget.reset_to_seconds(response.header("X-RateLimit-Reset") or "")
+            retry_after = None if reset is None else int((reset - time.time()) * 1000)
+        pause = budget.pause_after_429(retry_after, scope.interval)
         scope.pause(pause)
         self._metrics.upstream_429.labels(scope.spec.name).inc()
         self._log.warning(

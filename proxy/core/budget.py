@@ -11,6 +11,8 @@ from proxy.core.routes import template_matches
 # A value below 10^11 cannot be UNIX milliseconds of any date this proxy will see
 # (10^11 ms is 1973); PluralKit's docs say milliseconds, its server sends seconds.
 _MS_THRESHOLD = 10**11
+# Never believe a pause longer than this from upstream (a garbled header must not stall us).
+_MAX_PAUSE_MS = 5 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,7 @@ def pause_after_429(retry_after_ms: int | None, interval: float) -> float:
     boundary case, rejected *and charged*: the bucket moved one emission further out, so
     the next request must wait up to two intervals or it is charged again, in a cascade.
     """
-    retry_after = max(0, retry_after_ms or 0) / 1000.0
+    retry_after = min(max(0, retry_after_ms or 0), _MAX_PAUSE_MS) / 1000.0
     if retry_after <= 0:
         return 2 * interval
     return retry_after + interval

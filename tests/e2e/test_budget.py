@@ -162,3 +162,28 @@ async def test_boundary_rejection_does_not_cascade(
     async with http.get(proxy.make_url("/v2/members/abcde")) as r:
         assert r.status == 200
     assert [a.status for a in fake.arrivals] == [429, 200]
+
+
+@pytest.mark.parametrize("unit", ["s", "ms"])
+async def test_429_without_body_pauses_until_reset_in_seconds_or_ms(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession, unit: str
+) -> None:
+    """A 429 without PluralKit's body (an edge in between) is paced by X-RateLimit-Reset,
+    read as UNIX seconds or milliseconds, and the request is retried after it."""
+    reset = time.time() + 1.0
+    fake.force_status["/v2/members/abcde"] = (429, b"")
+    fake.extra_headers["/v2/members/abcde"] = {
+        "X-RateLimit-Reset": str(int(reset * 1000)) if unit == "ms" else f"{reset:.3f}"
+    }
+    proxy = await make_proxy()
+
+    async def lift() -> None:
+        await asyncio.sleep(0.3)
+        del fake.force_status["/v2/members/abcde"]
+
+    lifter = asyncio.create_task(lift())
+    async with http.get(proxy.make_url("/v2/members/abcde")) as r:
+        assert r.status == 200
+    await lifter
+    assert [a.status for a in fake.arrivals] == [429, 200]
+    assert fake.arrivals[1].at - fake.arrivals[0].at >= 0.9

@@ -266,11 +266,136 @@ def zipf() -> list[Row]:
         return asyncio.run(_zipf_workload(proxy, fake, 400, 20.0))
 
 
+FAIR_KEYS = [
+    {"name": "bulk", "key": "bulk-key-0000", "weight": 1, "priority": "background"},
+    {"name": "bot-a", "key": "bot-a-key-000", "weight": 1, "priority": "interactive"},
+    {"name": "bot-b", "key": "bot-b-key-000", "weight": 1, "priority": "interactive"},
+    {"name": "bot-c", "key": "bot-c-key-000", "weight": 1, "priority": "interactive"},
+    {"name": "w3", "key": "w3-key-000000", "weight": 3},
+    {"name": "w2", "key": "w2-key-000000", "weight": 2},
+    {"name": "w1", "key": "w1-key-000000", "weight": 1},
+]
+
+
+def _jain(values: list[float]) -> float:
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+
+
+async def _fair_mixed(proxy: str, fake: str, seconds: float) -> list[Row]:
+    """One bulk consumer keeps the queue full; three bots send Poisson traffic (1/s each)."""
+    import random
+
+    rng = random.Random(7)
+    stop = time.monotonic() + seconds
+    waits: dict[str, list[float]] = {}
+
+    async def request(session: aiohttp.ClientSession, name: str, n: int) -> None:
+        key = next(k["key"] for k in FAIR_KEYS if k["name"] == name)
+        headers = {"X-PKProxy-Key": str(key), "Authorization": "x", "X-PKProxy-Max-Wait": "60000"}
+        started = time.perf_counter()
+        async with session.get(f"{proxy}/v2/members/abcde?{name}={n}", headers=headers) as r:
+            await r.read()
+            if r.status == 200:
+                waits.setdefault(name, []).append(time.perf_counter() - started)
+
+    async def bulk(session: aiohttp.ClientSession) -> None:
+        n = 0
+        pending: set[asyncio.Task[None]] = set()
+        while time.monotonic() < stop:
+            while len(pending) < 200:
+                n += 1
+                pending.add(asyncio.create_task(request(session, "bulk", n)))
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+    async def bot(session: aiohttp.ClientSession, name: str) -> None:
+        n, tasks = 0, []
+        while time.monotonic() < stop:
+            await asyncio.sleep(rng.expovariate(1.0))
+            n += 1
+            tasks.append(asyncio.create_task(request(session, name, n)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(f"{fake}/__fake/arrivals?clear=1"):
+            pass
+        await asyncio.gather(bulk(session), *(bot(session, b) for b in ("bot-a", "bot-b", "bot-c")))
+        arrivals = await fetch_arrivals(session, fake)
+    rows: list[Row] = []
+    span = max(a["at"] for a in arrivals) - min(a["at"] for a in arrivals)
+    for name in ("bulk", "bot-a", "bot-b", "bot-c"):
+        values = waits.get(name, [])
+        slots = sum(1 for a in arrivals if f"{name}=" in a["path"])
+        rows.append(
+            (
+                f"mixed: {name} wait p50 / p99 (ms), upstream slots",
+                f"{percentile(values, 0.5) * 1000:.0f} / {percentile(values, 0.99) * 1000:.0f}"
+                f", {slots} ({slots / len(arrivals):.1%})",
+            )
+        )
+    rows.append(("mixed: upstream utilisation (of 10/s)", f"{(len(arrivals) - 1) / span / 10:.1%}"))
+    return rows
+
+
+async def _fair_weighted(proxy: str, fake: str, seconds: float) -> list[Row]:
+    """Three consumers with weights 3:2:1, all saturating."""
+    stop = time.monotonic() + seconds
+
+    async def flood(session: aiohttp.ClientSession, name: str) -> None:
+        key = next(k["key"] for k in FAIR_KEYS if k["name"] == name)
+        headers = {"X-PKProxy-Key": str(key), "Authorization": "x", "X-PKProxy-Max-Wait": "60000"}
+        n = 0
+        pending: set[asyncio.Task[Any]] = set()
+
+        async def one(i: int) -> None:
+            async with session.get(f"{proxy}/v2/members/abcde?{name}={i}", headers=headers) as r:
+                await r.read()
+
+        while time.monotonic() < stop:
+            while len(pending) < 100:
+                n += 1
+                pending.add(asyncio.create_task(one(n)))
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(f"{fake}/__fake/arrivals?clear=1"):
+            pass
+        await asyncio.gather(*(flood(session, n) for n in ("w3", "w2", "w1")))
+        arrivals = await fetch_arrivals(session, fake)
+    arrivals = arrivals[10:]  # skip the start, while the three queues fill
+    weights = {"w3": 3, "w2": 2, "w1": 1}
+    shares = {n: sum(1 for a in arrivals if f"{n}=" in a["path"]) / len(arrivals) for n in weights}
+    rows: list[Row] = [
+        (f"weighted: {n} (weight {w}) share of slots", f"{shares[n]:.1%} (fair {w / 6:.1%})")
+        for n, w in weights.items()
+    ]
+    normalised = [shares[n] / (w / 6) for n, w in weights.items()]
+    rows.append(("weighted: Jain's fairness index (share/weight)", f"{_jain(normalised):.4f}"))
+    return rows
+
+
+def fairness() -> list[Row]:
+    import json
+
+    env = {"PKPROXY_CONSUMERS_KEYS": json.dumps(FAIR_KEYS), "PKPROXY_BUDGET_MAX_QUEUE": "5000"}
+    rows: list[Row] = []
+    with processes("pluralkit", env) as (proxy, fake):
+        rows += asyncio.run(_fair_mixed(proxy, fake, 15.0))
+        rows += asyncio.run(_fair_weighted(proxy, fake, 10.0))
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "saturation": saturation,
     "latency": latency,
     "cache": cache_hits,
     "zipf": zipf,
+    "fairness": fairness,
 }
 
 

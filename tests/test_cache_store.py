@@ -1,0 +1,79 @@
+"""The cache tiers on a real diskcache directory: bounds hold, corruption is dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from proxy.cache import CorruptEntry, Entry, MemoryTier, TieredCache
+
+
+def entry(n: int, size: int, tag: str = "/v2/members/x") -> Entry:
+    return Entry(
+        200,
+        (("Content-Type", "application/json"),),
+        bytes([n % 256]) * size,
+        1_800_000_000.0,
+        60.0,
+        tag,
+    )
+
+
+def test_memory_tier_evicts_least_recently_used_within_its_byte_bound() -> None:
+    """The memory tier never holds more bytes than its bound; the oldest entry goes first."""
+    tier = MemoryTier(10_000)
+    for n in range(50):
+        tier.set(f"k{n}", entry(n, 1000))
+        assert tier.bytes <= 10_000
+    assert tier.get("k49") is not None and tier.get("k0") is None
+    assert tier.evictions > 0
+
+
+def test_memory_tier_tag_eviction() -> None:
+    """Evicting a tag removes every query of that path and nothing else."""
+    tier = MemoryTier(1_000_000)
+    tier.set("a?x=1", entry(1, 10, "/a"))
+    tier.set("a?x=2", entry(2, 10, "/a"))
+    tier.set("b", entry(3, 10, "/b"))
+    assert tier.evict_tag("/a") == 2
+    assert len(tier) == 1 and tier.get("b") is not None
+
+
+def test_entry_round_trip_and_corruption() -> None:
+    """An entry survives serialisation; any flipped byte is detected."""
+    original = entry(7, 100)
+    raw = original.to_bytes()
+    assert Entry.from_bytes(raw) == original
+    for index in (0, 5, len(raw) // 2, len(raw) - 1):
+        damaged = bytearray(raw)
+        damaged[index] ^= 0x01
+        try:
+            Entry.from_bytes(bytes(damaged))
+        except CorruptEntry:
+            continue
+        raise AssertionError(f"flip at {index} not detected")
+
+
+async def test_disk_tier_stays_within_its_size_limit(tmp_path: Path) -> None:
+    """Under a stream of distinct entries the disk tier evicts instead of growing."""
+    cache = TieredCache(str(tmp_path), memory_bytes=100_000, disk_bytes=2_000_000)
+    try:
+        for n in range(200):
+            await cache.set(f"GET /v2/members/m{n} identity", entry(n, 50_000, f"/v2/members/m{n}"))
+        stats = cache.stats()
+        assert stats["memory_bytes"] <= 100_000
+        assert stats["disk_bytes"] <= 2_000_000 * 1.3
+        assert stats["disk_entries"] < 200
+    finally:
+        await cache.close()
+
+
+async def test_corrupt_disk_entry_is_dropped(tmp_path: Path) -> None:
+    """Garbage under a key is dropped on read, counted, and reads as a miss."""
+    cache = TieredCache(str(tmp_path), memory_bytes=100_000, disk_bytes=10_000_000)
+    try:
+        cache._disk.set("k", b"not an entry at all")
+        assert await cache.get("k") is None
+        assert cache.stats()["corrupt_dropped"] == 1
+        assert cache._disk.get("k") is None
+    finally:
+        await cache.close()
