@@ -46,6 +46,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     scheduler = Scheduler(settings.budget.scopes, settings.budget.margin, settings.budget.max_queue)
     scheduler.start()
     metrics = app[METRICS]
+    metrics.init_scopes([scope.name for scope in settings.budget.scopes])
     app[GATEWAY] = Gateway(
         settings,
         scheduler,
@@ -97,7 +98,7 @@ def _refresh_gauges(gateway: Gateway, metrics: Metrics) -> dict[str, int]:
         metrics.cache_entries.labels("disk").set(stats["disk_entries"])
         metrics.cache_bytes.labels("memory").set(stats["memory_bytes"])
         metrics.cache_bytes.labels("disk").set(stats["disk_bytes"])
-        metrics.cache_evictions.set(stats["memory_evictions"])
+        metrics.observe_evictions(stats["memory_evictions"])
     for name, scope in gateway.scheduler.scopes.items():
         metrics.utilisation.labels(name).set(scope.utilisation())
         metrics.upstream_paused.labels(name).set(scope.paused_for)

@@ -87,11 +87,13 @@ class Metrics:
         self.cache_bytes = Gauge(
             "pkproxy_cache_bytes", "Bytes held, by tier.", ["tier"], registry=registry
         )
-        self.cache_evictions = Gauge(
-            "pkproxy_cache_memory_evictions",
-            "Entries evicted from the memory tier for space.",
+        self.cache_evictions = Counter(
+            "pkproxy_cache_evictions",
+            "Entries evicted for space, by tier (the disk tier culls silently: not counted).",
+            ["tier"],
             registry=registry,
         )
+        self._evictions_seen = 0
         self.utilisation = Gauge(
             "pkproxy_budget_utilisation_ratio",
             "Share of each scope's upstream budget used over the last minute.",
@@ -104,6 +106,25 @@ class Metrics:
             ["scope"],
             registry=registry,
         )
+
+    def init_scopes(self, scopes: list[str]) -> None:
+        """Export every per-scope series from the start, at zero, so that dashboards and
+        alerts (on upstream 429s above all) see the series before the first event."""
+        for scope in scopes:
+            self.queue_depth.labels(scope)
+            self.queue_wait.labels(scope)
+            self.upstream_429.labels(scope)
+            self.utilisation.labels(scope)
+            self.upstream_paused.labels(scope)
+        for result in ("hit", "stale", "miss", "stale_if_error"):
+            self.cache_lookups.labels(result)
+        self.cache_evictions.labels("memory")
+
+    def observe_evictions(self, total: int) -> None:
+        """The memory tier counts evictions itself; move the counter by what is new."""
+        if total > self._evictions_seen:
+            self.cache_evictions.labels("memory").inc(total - self._evictions_seen)
+            self._evictions_seen = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -173,7 +173,9 @@ class ScopeScheduler:
             await self._limiter.acquire()
             # Space by when requests were really sent, not granted: a request that left the
             # event loop late must not leave the next one arriving early upstream.
-            while (gap := self._last_sent + self.interval - self.now()) > 0:
+            while (
+                self.spec.burst == 1 and (gap := self._last_sent + self.interval - self.now()) > 0
+            ):
                 await asyncio.sleep(gap)
             if self.paused_for > 0:
                 continue  # a 429 arrived while waiting: the pause wins

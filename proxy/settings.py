@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_header_bytes": 16_384,
         "keepalive_seconds": 75.0,
         "drain_seconds": 10.0,
+        "event_loop": "auto",
     },
     "upstream": {
         "url": "https://api.pluralkit.me",
@@ -112,6 +113,7 @@ class ServerSettings:
     max_header_bytes: int
     keepalive_seconds: float
     drain_seconds: float
+    event_loop: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +360,7 @@ def _build_server(raw: Mapping[str, Any], c: _Checker) -> ServerSettings:
         max_header_bytes=c.number(raw, "server", "max_header_bytes", 1024, integer=True),
         keepalive_seconds=c.number(raw, "server", "keepalive_seconds", 0),
         drain_seconds=c.number(raw, "server", "drain_seconds", 0),
+        event_loop=c.text(raw, "server", "event_loop", ("auto", "uvloop", "asyncio")),
     )
 
 
