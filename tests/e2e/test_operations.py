@@ -59,7 +59,7 @@ async def test_metrics_expose_every_family_and_move_with_traffic(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
     """Each family is exported; requests, hits, misses, upstream calls and local 429s count."""
-    proxy = await make_proxy(cache={"memory_bytes": 1000})
+    proxy = await make_proxy(cache={"memory_bytes": 600})
     before = await scrape(http, proxy)
     assert "pkproxy_upstream_throttled_total{" in before  # exported at zero from the start
     for path in ("/v2/members/abcde", "/v2/members/abcde", "/v2/members/prvmb"):
