@@ -23,6 +23,7 @@ from proxy.core.errors import (
     BadRequest,
     Draining,
     HeadersTooLarge,
+    Internal,
     PayloadTooLarge,
     ProxyError,
     Throttled,
@@ -127,6 +128,17 @@ class Gateway:
             response = error_response(error, self.settings.upstream.via)
             if log.cache == "-":
                 log.cache = "NONE"
+        except asyncio.CancelledError:
+            # The client went away (aiohttp cancels the handler): nothing more is sent for
+            # it. 499 is nginx's "client closed request", for the log and metrics only.
+            log.reason = "client_disconnected"
+            self._completed(log, 499)
+            raise
+        except Exception:
+            self._log.exception("request.failed", route=log.route, method=log.method)
+            response = error_response(
+                Internal("500: internal proxy error"), self.settings.upstream.via
+            )
         self._completed(log, response.status)
         return response
 
@@ -235,10 +247,13 @@ class Gateway:
         headers = response_headers(upstream.headers, self.settings.upstream.via)
         extra = {**self._rate_headers(req), "X-Cache": cache}
         if upstream.status == 429:
+            # Upstream's own 429 passed back: the proxy's headers must not invite a retry.
             body = parse_json(upstream.body)
             retry = body.get("retry_after") if isinstance(body, dict) else None
-            if isinstance(retry, int):
-                extra["Retry-After"] = str(max(1, -(-retry // 1000)))
+            retry_ms = retry if isinstance(retry, int) else int(req.scope.paused_for * 1000)
+            extra["Retry-After"] = str(max(1, -(-retry_ms // 1000)))
+            extra["X-RateLimit-Remaining"] = "0"
+            extra["X-RateLimit-Reset"] = str(int((time.time() + retry_ms / 1000) * 1000))
         return passthrough(upstream.status, headers, upstream.body, extra)
 
     def _rate_headers(self, req: Request) -> dict[str, str]:

@@ -90,7 +90,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "trusted_proxies": [],
         "default_weight": 1.0,
         "default_priority": "normal",
-        "idle_seconds": 300.0,
         "keys": [],
     },
     "log": {"level": "info", "format": "auto"},
@@ -172,7 +171,6 @@ class ConsumerSettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     default_weight: float
     default_priority: str
-    idle_seconds: float
     keys: tuple[ConsumerSpec, ...]
 
 
@@ -547,7 +545,6 @@ def _build_consumers(raw: Mapping[str, Any], c: _Checker) -> ConsumerSettings:
         trusted_proxies=tuple(networks),
         default_weight=c.number(raw, "consumers", "default_weight", 0, strict=True),
         default_priority=priority,
-        idle_seconds=c.number(raw, "consumers", "idle_seconds", 0, strict=True),
         keys=tuple(specs),
     )
 

@@ -45,6 +45,12 @@ class HeadersTooLarge(ProxyError):
     status = 431
 
 
+class Internal(ProxyError):
+    """A bug in the proxy: answered in PluralKit's shape, logged with its traceback."""
+
+    status = 500
+
+
 class UpstreamUnavailable(ProxyError):
     status = 502
 

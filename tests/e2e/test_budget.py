@@ -187,3 +187,49 @@ async def test_429_without_body_pauses_until_reset_in_seconds_or_ms(
     await lifter
     assert [a.status for a in fake.arrivals] == [429, 200]
     assert fake.arrivals[1].at - fake.arrivals[0].at >= 0.9
+
+
+async def test_full_queue_answers_429_at_once(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """With the queue at its configured bound, a further request is refused immediately."""
+    proxy = await make_proxy(budget={"max_queue": 2})
+    queued = []
+    for n in range(3):  # one is sent at once, two wait: the queue is at its bound
+        queued.append(
+            asyncio.create_task(
+                http.get(proxy.make_url(f"/v2/members/abcde?n={n}"), headers={"Authorization": "x"})
+            )
+        )
+        await asyncio.sleep(0.1)
+    started = time.monotonic()
+    async with http.get(
+        proxy.make_url("/v2/members/abcde?late=1"), headers={"Authorization": "x"}
+    ) as r:
+        body = await r.json()
+        assert r.status == 429 and body["scope"] == "all" and body["retry_after"] > 0
+    assert time.monotonic() - started < 0.1
+    for task in queued:
+        response = await task
+        assert response.status == 200
+        response.release()
+    assert not any("late" in a.path for a in fake.arrivals)
+
+
+async def test_remaining_zero_pauses_the_scope_for_a_slot(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """X-RateLimit-Remaining: 0 from upstream holds the next request one interval past the
+    answer, not just one interval past the send."""
+    fake.delay = 0.3
+    fake.extra_headers["/v2/members/abcde"] = {"X-RateLimit-Remaining": "0"}
+    proxy = await make_proxy()
+    first = asyncio.create_task(
+        http.get(proxy.make_url("/v2/members/abcde"), headers={"Authorization": "x"})
+    )
+    await asyncio.sleep(0.05)
+    async with http.get(proxy.make_url("/v2/members/prvmb"), headers={"Authorization": "x"}) as r:
+        assert r.status == 200
+    (await first).release()
+    gap = fake.arrivals[1].at - fake.arrivals[0].at
+    assert gap >= 0.3 + 0.525 - 0.02

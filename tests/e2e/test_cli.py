@@ -27,6 +27,23 @@ def pkproxy(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+async def test_cache_stats_reports_the_running_proxys_hit_ratio(
+    make_proxy: MakeProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """While the proxy runs, `cache stats` adds its hit ratio since start."""
+    proxy = await make_proxy()
+    for _ in range(4):
+        async with http.get(proxy.make_url("/v2/members/abcde")) as r:
+            assert r.status == 200
+    env = {"PKPROXY_CACHE_DIRECTORY": str(tmp_path / "cache"), "PKPROXY_PORT": str(proxy.port)}
+    import asyncio
+
+    result = await asyncio.to_thread(pkproxy, "cache", "stats", env=env)
+    stats = json.loads(result.stdout)
+    assert stats["entries"] == 1
+    assert stats["running"]["hit_ratio"] == 0.75 and stats["running"]["lookups"] == 4
+
+
 async def test_cache_stats_and_clear(
     make_proxy: MakeProxy, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
