@@ -31,6 +31,9 @@ class Coalescer(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._flights
+
     def start(self, key: str, make: Make[T], detached: bool = False) -> tuple[Flight[T], bool]:
         """The flight for `key`, started if there is none; True if it already existed."""
         flight = self._flights.get(key)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy.cache import Entry, TieredCache
-from proxy.coalesce import Coalescer, Flight
+from proxy.coalesce import Coalescer, Flight, Make
 from proxy.consumers import Consumer, Consumers
 from proxy.core import cachepolicy
 from proxy.core.admission import Target, admit
@@ -31,6 +27,7 @@ from proxy.core.errors import (
     UpstreamUnavailable,
 )
 from proxy.core.headers import (
+    CREDENTIAL_HEADERS,
     cache_encoding_class,
     forward_request_headers,
     has_credential,
@@ -38,8 +35,9 @@ from proxy.core.headers import (
     parse_control,
     response_headers,
 )
-from proxy.core.invalidation import parse_json, paths_to_evict
+from proxy.core.invalidation import parse_json
 from proxy.forward import Forwarder, Outbound
+from proxy.invalidator import Invalidator
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.quotas import Quotas
@@ -50,7 +48,6 @@ from proxy.upstream import UpstreamResponse
 
 WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 REFRESH_CONSUMER = "pkproxy-refresh"
-_ME_MEMORY = 10_000
 
 
 @dataclass(slots=True)
@@ -104,11 +101,7 @@ class Gateway:
         self.metrics = metrics
         self.draining = False
         self.coalescer: Coalescer[UpstreamResponse] = Coalescer()
-        # Write generation per path: a fetch that started before a write must not store.
-        self._generation = 0
-        self._evicted_gen: dict[str, int] = {}
-        self._me: OrderedDict[bytes, str] = OrderedDict()
-        self._me_secret = os.urandom(32)
+        self.invalidator = Invalidator(cache, metrics) if cache is not None else None
         self._refreshes: set[asyncio.Task[None]] = set()
         self._log = get_logger()
         self.hits = 0
@@ -219,10 +212,16 @@ class Gateway:
             upstream = await self.forwarder.send(req.scope, out)
         finally:
             log.queue_wait, log.upstream_time = out.queue_wait, out.upstream_time
-        if req.target.method in WRITE_METHODS and 200 <= upstream.status < 300:
-            await self._invalidate(req, upstream)
-        if req.credentialed and req.target.route.param("ref") == "@me":
-            self._learn_me(req, upstream)
+        credentials = [(k, v) for k, v in req.headers if k.lower() in CREDENTIAL_HEADERS]
+        if self.invalidator is not None:
+            if req.target.method in WRITE_METHODS and 200 <= upstream.status < 300:
+                await self.invalidator.after_write(
+                    req.target.route, credentials, req.body, upstream.body
+                )
+            if credentials and req.target.route.param("ref") == "@me":
+                self.invalidator.learn_me(
+                    req.target.route, credentials, upstream.status, upstream.body
+                )
         return self._respond(req, upstream)
 
     def _outbound(
@@ -303,7 +302,7 @@ class Gateway:
         log.cache = "MISS"
         make = self._make_fetch(req, key, encoding, log)
         try:
-            if not self.coalescer_has(key):
+            if key not in self.coalescer:
                 self.quotas.admit(req.consumer, req.scope)
             upstream, shared = await self.coalescer.join(
                 key,
@@ -334,16 +333,15 @@ class Gateway:
             return self._from_entry(req, usable, "STALE")
         return self._respond(req, upstream, log.cache)
 
-    def coalescer_has(self, key: str) -> bool:
-        return key in self.coalescer._flights
-
-    def _make_fetch(self, req: Request, key: str, encoding: str, log: RequestLog | None):  # type: ignore[no-untyped-def]
+    def _make_fetch(
+        self, req: Request, key: str, encoding: str, log: RequestLog | None
+    ) -> Make[UpstreamResponse]:
         headers = self._cacheable_headers(req, encoding)
         out = self._outbound(req, "GET", headers, b"")
 
         async def fetch(flight: Flight[UpstreamResponse]) -> UpstreamResponse:
             flight.extend = out.extend
-            started = self._generation
+            started = self.invalidator.generation if self.invalidator else 0
 
             def mark_sent() -> None:
                 flight.sent = True
@@ -367,7 +365,7 @@ class Gateway:
 
     def _refresh(self, req: Request, key: str, encoding: str) -> None:
         """One background refresh per stale key, at background priority."""
-        if self.coalescer_has(key):
+        if key in self.coalescer:
             return
         refresh = Request(
             req.target,
@@ -388,7 +386,7 @@ class Gateway:
     ) -> None:
         assert self.cache is not None
         tag = req.target.path
-        if self._evicted_gen.get(tag, 0) > started:
+        if self.invalidator is not None and self.invalidator.outdated(tag, started):
             self.metrics.cache_stores.labels("invalidated_in_flight").inc()
             return
         decision = cachepolicy.store_decision(
@@ -420,76 +418,6 @@ class Gateway:
         return passthrough(entry.status, list(entry.headers), entry.body, extra)
 
     # -- writes ---------------------------------------------------------------------
-    async def _invalidate(self, req: Request, upstream: UpstreamResponse) -> None:
-        if self.cache is None:
-            return
-        cache = self.cache
-        bodies: dict[str, object] = {}
-
-        def known(path: str) -> object:
-            return bodies.get(path)
-
-        me = self._me.get(self._credential_digest(req)) if req.credentialed else None
-        # Two passes: the first names the paths whose cached bodies carry ids we need.
-        request_json, response_json = parse_json(req.body), parse_json(upstream.body)
-        first = paths_to_evict(req.target.route, request_json, response_json, known, me)
-        for path in sorted(first | {p.rsplit("/", 1)[0] for p in first}):
-            for encoding in ("identity", "gzip"):
-                body = await _cached_json(cache, f"GET {path} {encoding}")
-                if body is not None:
-                    bodies[path] = body
-                    break
-        paths = paths_to_evict(req.target.route, request_json, response_json, known, me)
-        self._generation += 1
-        for path in paths:
-            self._evicted_gen[path] = self._generation
-            await cache.evict_tag(path)
-        self.metrics.cache_invalidations.inc(len(paths))
-        self._log.debug("cache.invalidated", route=req.target.route.template, paths=len(paths))
-        if len(self._evicted_gen) > 10_000:
-            # Only fetches in flight can be older than a write; keep the recent generations.
-            floor = self._generation - 1_000
-            self._evicted_gen = {k: v for k, v in self._evicted_gen.items() if v > floor}
-
-    def _credential_digest(self, req: Request) -> bytes:
-        creds = sorted(
-            (k.lower(), v)
-            for k, v in req.headers
-            if k.lower() in {"authorization", "x-pluralkit-app"}
-        )
-        return hmac.new(self._me_secret, repr(creds).encode(), hashlib.sha256).digest()
-
-    def _learn_me(self, req: Request, upstream: UpstreamResponse) -> None:
-        """Remember which system a credential's @me is (keyed by a keyed hash, in memory)."""
-        body = parse_json(upstream.body)
-        if (
-            upstream.status != 200
-            or not isinstance(body, dict)
-            or req.target.route.kind != "systems"
-        ):
-            return
-        system = body.get("id")
-        if req.target.route.template == "/v2/systems/{ref}" and isinstance(system, str):
-            digest = self._credential_digest(req)
-            self._me[digest] = system.lower()
-            self._me.move_to_end(digest)
-            while len(self._me) > _ME_MEMORY:
-                self._me.popitem(last=False)
-
-
-async def _cached_json(cache: TieredCache, key: str) -> object:
-    entry = await cache.get(key)
-    if entry is None or entry.status != 200:
-        return None
-    body = entry.body
-    if any(k.lower() == "content-encoding" and "gzip" in v.lower() for k, v in entry.headers):
-        import gzip
-
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):
-            return None
-    return parse_json(body)
 
 
 def _swallow(task: asyncio.Task[UpstreamResponse]) -> None:

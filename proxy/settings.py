@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from yarl import URL
+from proxy.settings_model import (
+    DEFAULTS,
+    BudgetSettings,
+    CacheSettings,
+    ConfigError,
+    ConsumerSettings,
+    ConsumerSpec,
+    LogSettings,
+    ServerSettings,
+    Settings,
+    UpstreamSettings,
+)
+from proxy.settings_validate import build
 
-from proxy.core.budget import PROFILES, ScopeSpec
-from proxy.core.fairqueue import PRIORITIES
-from proxy.core.routes import known_templates, template_matches
+__all__ = [
+    "BudgetSettings",
+    "CacheSettings",
+    "ConfigError",
+    "ConsumerSettings",
+    "ConsumerSpec",
+    "LogSettings",
+    "ServerSettings",
+    "Settings",
+    "UpstreamSettings",
+    "load_settings",
+]
 
 ENV_PREFIX = "PKPROXY_"
 # Short environment names that mirror the command-line flags.
@@ -26,169 +44,6 @@ _ENV_ALIASES = {
     "PKPROXY_UPSTREAM": ("upstream", "url"),
 }
 _ENV_IGNORED = frozenset({"PKPROXY_CONFIG"})
-
-
-def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "pkproxy")
-
-
-DEFAULT_TTLS: dict[str, float] = {
-    "/v2/systems/{ref}/fronters": 10,
-    "/v2/systems/{ref}/switches": 15,
-    "/v2/systems/{ref}/switches/{switch}": 300,
-    "/v2/messages/{id}": 3600,
-    "/v2/systems/{ref}": 120,
-    "/v2/systems/{ref}/settings": 120,
-    "/v2/members/{ref}": 120,
-    "/v2/groups/{ref}": 120,
-    "/v2/systems/{ref}/members": 60,
-    "/v2/systems/{ref}/groups": 60,
-    "/v2/members/{ref}/groups": 60,
-    "/v2/groups/{ref}/members": 60,
-}
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "server": {
-        "host": "127.0.0.1",
-        "port": 8080,
-        "max_body_bytes": 1_048_576,
-        "max_header_bytes": 16_384,
-        "keepalive_seconds": 75.0,
-        "drain_seconds": 10.0,
-        "event_loop": "auto",
-    },
-    "upstream": {
-        "url": "https://api.pluralkit.me",
-        "timeout_seconds": 10.0,
-        "connect_timeout_seconds": 5.0,
-        "user_agent": "pkproxy/0.1 (+https://github.com/pkproxy/pkproxy)",
-        "max_connections": 16,
-        "via": "1.1 pkproxy",
-    },
-    "budget": {
-        "profile": "seed",
-        "margin": 0.05,
-        "default_max_wait_ms": 10_000,
-        "max_wait_ceiling_ms": 60_000,
-        "max_queue": 1000,
-        "scopes": [],
-    },
-    "cache": {
-        "enabled": True,
-        "directory": "",
-        "memory_bytes": 32 * 1024 * 1024,
-        "disk_bytes": 512 * 1024 * 1024,
-        "default_ttl_seconds": 60.0,
-        "negative_ttl_seconds": 30.0,
-        "grace_seconds": 30.0,
-        "max_stale_seconds": 3600.0,
-        "ttl": {},
-    },
-    "consumers": {
-        "require_key": False,
-        "trusted_proxies": [],
-        "default_weight": 1.0,
-        "default_priority": "normal",
-        "keys": [],
-    },
-    "log": {"level": "info", "format": "auto"},
-}
-
-
-class ConfigError(Exception):
-    """Every problem found in a configuration, named in one message."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-        self.problems = problems
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    host: str
-    port: int
-    max_body_bytes: int
-    max_header_bytes: int
-    keepalive_seconds: float
-    drain_seconds: float
-    event_loop: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSettings:
-    url: URL
-    timeout_seconds: float
-    connect_timeout_seconds: float
-    user_agent: str
-    max_connections: int
-    via: str
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetSettings:
-    profile: str
-    margin: float
-    default_max_wait_ms: int
-    max_wait_ceiling_ms: int
-    max_queue: int
-    scopes: tuple[ScopeSpec, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    enabled: bool
-    directory: str
-    memory_bytes: int
-    disk_bytes: int
-    default_ttl_seconds: float
-    negative_ttl_seconds: float
-    grace_seconds: float
-    max_stale_seconds: float
-    ttl: Mapping[str, float]
-
-    def ttl_for(self, template: str) -> float:
-        for pattern, seconds in self.ttl.items():
-            if template_matches(pattern, template):
-                return seconds
-        return self.default_ttl_seconds
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerSpec:
-    name: str
-    key: str = field(repr=False)
-    weight: float = 1.0
-    priority: str = "normal"
-    rate: float | None = None
-    burst: int = 1
-    max_queued: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerSettings:
-    require_key: bool
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    default_weight: float
-    default_priority: str
-    keys: tuple[ConsumerSpec, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LogSettings:
-    level: str
-    format: str
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    server: ServerSettings
-    upstream: UpstreamSettings
-    budget: BudgetSettings
-    cache: CacheSettings
-    consumers: ConsumerSettings
-    log: LogSettings
-    source: str = "defaults"
 
 
 def load_settings(
@@ -206,7 +61,7 @@ def load_settings(
     _merge(raw, _from_env(env, problems), problems, "environment")
     for section, values in (overrides or {}).items():
         raw[section].update({k: v for k, v in values.items() if v is not None})
-    settings = _build(raw, problems)
+    settings = build(raw, problems)
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
@@ -286,271 +141,3 @@ def _parse_env_value(default: Any, value: str) -> Any:
     except ValueError:
         return _INVALID
     return value
-
-
-def _build(raw: dict[str, dict[str, Any]], problems: list[str]) -> Settings | None:
-    check = _Checker(problems)
-    try:
-        return Settings(
-            server=_build_server(raw["server"], check),
-            upstream=_build_upstream(raw["upstream"], check),
-            budget=_build_budget(raw["budget"], check),
-            cache=_build_cache(raw["cache"], check),
-            consumers=_build_consumers(raw["consumers"], check),
-            log=_build_log(raw["log"], check),
-        )
-    except (TypeError, ValueError) as exc:  # a shape so wrong a section cannot be built
-        problems.append(str(exc))
-        return None
-
-
-class _Checker:
-    """Typed reads of raw values that record a problem instead of stopping at the first."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-
-    def number(
-        self,
-        raw: Mapping[str, Any],
-        section: str,
-        key: str,
-        low: float = 0.0,
-        integer: bool = False,
-        strict: bool = False,
-    ) -> Any:
-        value = raw[key]
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type:
-            self.problems.append(f"{section}.{key} must be a {'whole ' if integer else ''}number")
-            return DEFAULTS.get(section, {}).get(key, low if not integer else int(low))
-        if value < low or (strict and value == low):
-            self.problems.append(f"{section}.{key} must be {'>' if strict else '>='} {low}")
-        return value
-
-    def text(
-        self, raw: Mapping[str, Any], section: str, key: str, choices: tuple[str, ...] | None = None
-    ) -> str:
-        value = raw[key]
-        if not isinstance(value, str):
-            self.problems.append(f"{section}.{key} must be a string")
-            return str(DEFAULTS[section][key])
-        if choices is not None and value not in choices:
-            self.problems.append(f"{section}.{key} must be one of {', '.join(choices)}")
-        return value
-
-    def flag(self, raw: Mapping[str, Any], section: str, key: str) -> bool:
-        value = raw[key]
-        if not isinstance(value, bool):
-            self.problems.append(f"{section}.{key} must be true or false")
-            return bool(DEFAULTS[section][key])
-        return value
-
-
-def _build_server(raw: Mapping[str, Any], c: _Checker) -> ServerSettings:
-    port = c.number(raw, "server", "port", 0, integer=True)
-    if isinstance(port, int) and port > 65535:
-        c.problems.append("server.port must be <= 65535")
-    return ServerSettings(
-        host=c.text(raw, "server", "host"),
-        port=port,
-        max_body_bytes=c.number(raw, "server", "max_body_bytes", 0, integer=True),
-        max_header_bytes=c.number(raw, "server", "max_header_bytes", 1024, integer=True),
-        keepalive_seconds=c.number(raw, "server", "keepalive_seconds", 0),
-        drain_seconds=c.number(raw, "server", "drain_seconds", 0),
-        event_loop=c.text(raw, "server", "event_loop", ("auto", "uvloop", "asyncio")),
-    )
-
-
-def _build_upstream(raw: Mapping[str, Any], c: _Checker) -> UpstreamSettings:
-    text = c.text(raw, "upstream", "url")
-    url = URL(text)
-    if url.scheme not in {"http", "https"} or not url.host or url.path not in {"", "/"}:
-        c.problems.append(f"upstream.url must be an http(s) origin, got {text!r}")
-        url = URL(DEFAULTS["upstream"]["url"])
-    agent = c.text(raw, "upstream", "user_agent")
-    if not agent.strip():
-        c.problems.append("upstream.user_agent must not be empty (PluralKit requires one)")
-    return UpstreamSettings(
-        url=url.origin(),
-        timeout_seconds=c.number(raw, "upstream", "timeout_seconds", 0, strict=True),
-        connect_timeout_seconds=c.number(
-            raw, "upstream", "connect_timeout_seconds", 0, strict=True
-        ),
-        user_agent=agent,
-        max_connections=c.number(raw, "upstream", "max_connections", 1, integer=True),
-        via=c.text(raw, "upstream", "via"),
-    )
-
-
-def _build_scope(item: Any, index: int, c: _Checker) -> ScopeSpec | None:
-    where = f"budget.scopes[{index}]"
-    if not isinstance(item, Mapping):
-        c.problems.append(f"{where} must be a table")
-        return None
-    unknown = set(item) - {"name", "rate", "burst", "methods", "routes"}
-    if unknown:
-        c.problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-    name, rate, burst = item.get("name"), item.get("rate"), item.get("burst", 1)
-    methods, routes = item.get("methods", ["*"]), item.get("routes", ["*"])
-    bad = []
-    if not isinstance(name, str) or not name:
-        bad.append("name must be a non-empty string")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-        bad.append("rate must be a number > 0")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        bad.append("burst must be a whole number >= 1")
-    elif isinstance(rate, (int, float)) and burst > 1 and burst > rate - 1:
-        bad.append("burst must be <= rate - 1 (PluralKit rejects and charges at the boundary)")
-    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
-        bad.append("methods must be a list of strings")
-    if not isinstance(routes, list) or not all(_known_route(r) for r in routes):
-        bad.append("routes must be a list of known route templates or '*'")
-    c.problems.extend(f"{where}: {problem}" for problem in bad)
-    if bad:
-        return None
-    assert isinstance(name, str) and isinstance(rate, (int, float))
-    return ScopeSpec(name, float(rate), burst, tuple(m.upper() for m in methods), tuple(routes))
-
-
-def _known_route(route: Any) -> bool:
-    return isinstance(route, str) and (
-        route == "*" or any(template_matches(route, t) for t in known_templates())
-    )
-
-
-def _build_budget(raw: Mapping[str, Any], c: _Checker) -> BudgetSettings:
-    profile = c.text(raw, "budget", "profile", tuple(PROFILES))
-    scopes_raw = raw["scopes"]
-    scopes: tuple[ScopeSpec, ...] = PROFILES.get(profile, PROFILES["seed"])
-    if not isinstance(scopes_raw, list):
-        c.problems.append("budget.scopes must be a list of tables")
-    elif scopes_raw:
-        built = [_build_scope(item, i, c) for i, item in enumerate(scopes_raw)]
-        scopes = tuple(s for s in built if s is not None) or scopes
-        names = [s.name for s in scopes]
-        if len(set(names)) != len(names):
-            c.problems.append("budget.scopes: scope names must be unique")
-    default_wait = c.number(raw, "budget", "default_max_wait_ms", 0, integer=True)
-    ceiling = c.number(raw, "budget", "max_wait_ceiling_ms", 0, integer=True)
-    if isinstance(default_wait, int) and isinstance(ceiling, int) and default_wait > ceiling:
-        c.problems.append("budget.default_max_wait_ms must be <= budget.max_wait_ceiling_ms")
-    margin = c.number(raw, "budget", "margin", 0)
-    if isinstance(margin, (int, float)) and margin > 1:
-        c.problems.append("budget.margin must be <= 1 (a fraction of the interval)")
-    return BudgetSettings(
-        profile=profile,
-        margin=float(margin),
-        default_max_wait_ms=default_wait,
-        max_wait_ceiling_ms=ceiling,
-        max_queue=c.number(raw, "budget", "max_queue", 1, integer=True),
-        scopes=scopes,
-    )
-
-
-def _build_cache(raw: Mapping[str, Any], c: _Checker) -> CacheSettings:
-    ttl_raw = raw["ttl"]
-    ttl: dict[str, float] = dict(DEFAULT_TTLS)
-    if not isinstance(ttl_raw, Mapping):
-        c.problems.append("cache.ttl must be a table of route template = seconds")
-    else:
-        for route, seconds in ttl_raw.items():
-            if not _known_route(route):
-                c.problems.append(f"cache.ttl: unknown route template {route!r}")
-            elif isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-                c.problems.append(f"cache.ttl.{route!r} must be a number of seconds >= 0")
-            else:
-                ttl = {route: float(seconds), **{k: v for k, v in ttl.items() if k != route}}
-    directory = c.text(raw, "cache", "directory") or _default_cache_dir()
-    return CacheSettings(
-        enabled=c.flag(raw, "cache", "enabled"),
-        directory=directory,
-        memory_bytes=c.number(raw, "cache", "memory_bytes", 0, integer=True),
-        disk_bytes=c.number(raw, "cache", "disk_bytes", 0, integer=True),
-        default_ttl_seconds=c.number(raw, "cache", "default_ttl_seconds", 0),
-        negative_ttl_seconds=c.number(raw, "cache", "negative_ttl_seconds", 0),
-        grace_seconds=c.number(raw, "cache", "grace_seconds", 0),
-        max_stale_seconds=c.number(raw, "cache", "max_stale_seconds", 0),
-        ttl=ttl,
-    )
-
-
-def _build_consumer(
-    item: Any, index: int, c: _Checker, default_priority: str
-) -> ConsumerSpec | None:
-    where = f"consumers.keys[{index}]"
-    if not isinstance(item, Mapping):
-        c.problems.append(f"{where} must be a table")
-        return None
-    allowed = {"name", "key", "weight", "priority", "rate", "burst", "max_queued"}
-    unknown = set(item) - allowed
-    bad = [f"unknown keys {', '.join(sorted(unknown))}"] if unknown else []
-    name, key = item.get("name"), item.get("key")
-    weight, priority = item.get("weight", 1.0), item.get("priority", default_priority)
-    rate, burst, max_queued = item.get("rate"), item.get("burst", 1), item.get("max_queued")
-    if not isinstance(name, str) or not name:
-        bad.append("name must be a non-empty string")
-    if not isinstance(key, str) or len(key) < 8:
-        bad.append("key must be a string of at least 8 characters")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-        bad.append("weight must be a number > 0")
-    if priority not in PRIORITIES:
-        bad.append(f"priority must be one of {', '.join(PRIORITIES)}")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
-    ):
-        bad.append("rate must be a number > 0")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        bad.append("burst must be a whole number >= 1")
-    if max_queued is not None and (not isinstance(max_queued, int) or max_queued < 0):
-        bad.append("max_queued must be a whole number >= 0")
-    c.problems.extend(f"{where}: {problem}" for problem in bad)
-    if bad:
-        return None
-    assert isinstance(name, str) and isinstance(key, str)
-    return ConsumerSpec(
-        name,
-        key,
-        float(weight),
-        priority,
-        float(rate) if rate is not None else None,
-        burst,
-        max_queued,
-    )
-
-
-def _build_consumers(raw: Mapping[str, Any], c: _Checker) -> ConsumerSettings:
-    priority = c.text(raw, "consumers", "default_priority", PRIORITIES)
-    networks = []
-    proxies = raw["trusted_proxies"]
-    for entry in proxies if isinstance(proxies, list) else [proxies]:
-        try:
-            networks.append(ipaddress.ip_network(str(entry), strict=False))
-        except ValueError:
-            c.problems.append(f"consumers.trusted_proxies: {entry!r} is not an address or network")
-    keys_raw = raw["keys"]
-    specs: list[ConsumerSpec] = []
-    if not isinstance(keys_raw, list):
-        c.problems.append("consumers.keys must be a list of tables")
-    else:
-        built = [_build_consumer(item, i, c, priority) for i, item in enumerate(keys_raw)]
-        specs = [s for s in built if s is not None]
-    if len({s.name for s in specs}) != len(specs) or len({s.key for s in specs}) != len(specs):
-        c.problems.append("consumers.keys: names and keys must be unique")
-    require = c.flag(raw, "consumers", "require_key")
-    if require and not specs and isinstance(keys_raw, list) and not keys_raw:
-        c.problems.append("consumers.require_key is true but no consumers.keys are configured")
-    return ConsumerSettings(
-        require_key=require,
-        trusted_proxies=tuple(networks),
-        default_weight=c.number(raw, "consumers", "default_weight", 0, strict=True),
-        default_priority=priority,
-        keys=tuple(specs),
-    )
-
-
-def _build_log(raw: Mapping[str, Any], c: _Checker) -> LogSettings:
-    return LogSettings(
-        level=c.text(raw, "log", "level", ("debug", "info", "warning", "error")),
-        format=c.text(raw, "log", "format", ("auto", "json", "console")),
-    )

@@ -1,0 +1,110 @@
+"""After a successful write: evict what it made wrong, and keep in-flight reads from
+storing answers older than the write."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from proxy.cache import TieredCache
+from proxy.core.invalidation import parse_json, paths_to_evict
+from proxy.core.routes import Route
+from proxy.logs import get_logger
+from proxy.metrics import Metrics
+
+_ME_MEMORY = 10_000
+_ROUNDS = 3
+
+
+class Invalidator:
+    def __init__(self, cache: TieredCache, metrics: Metrics) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self._log = get_logger()
+        # Write generation per path: a fetch that started before a write must not store.
+        self.generation = 0
+        self._evicted_gen: dict[str, int] = {}
+        # Which system a credential's @me is, keyed by a keyed hash (never the credential).
+        self._me: OrderedDict[bytes, str] = OrderedDict()
+        self._me_secret = os.urandom(32)
+
+    def outdated(self, path: str, started: int) -> bool:
+        """Whether a write evicted `path` after a fetch of it started at `started`."""
+        return self._evicted_gen.get(path, 0) > started
+
+    async def after_write(
+        self,
+        route: Route,
+        credentials: list[tuple[str, str]],
+        request_body: bytes,
+        response_body: bytes,
+    ) -> int:
+        """Evict every path the write makes wrong; return how many paths were evicted."""
+        me = self._me.get(self._digest(credentials)) if credentials else None
+        request_json, response_json = parse_json(request_body), parse_json(response_body)
+        bodies: dict[str, object] = {}
+        paths: set[str] = set()
+        # Cached bodies carry the ids (a member's system, a list's groups) that lead to
+        # further paths; a few rounds follow them as far as the cache knows.
+        for _ in range(_ROUNDS):
+            paths = paths_to_evict(route, request_json, response_json, bodies.get, me)
+            wanted = (paths | {p.rsplit("/", 1)[0] for p in paths}) - bodies.keys()
+            found = await self._load(wanted)
+            if not found:
+                break
+            bodies.update(found)
+        self.generation += 1
+        for path in paths:
+            self._evicted_gen[path] = self.generation
+            await self._cache.evict_tag(path)
+        self._metrics.cache_invalidations.inc(len(paths))
+        self._log.debug("cache.invalidated", route=route.template, paths=len(paths))
+        if len(self._evicted_gen) > 10_000:
+            floor = self.generation - 1_000  # only fetches in flight can be that old
+            self._evicted_gen = {k: v for k, v in self._evicted_gen.items() if v > floor}
+        return len(paths)
+
+    async def _load(self, paths: Iterable[str]) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for path in sorted(paths):
+            for encoding in ("identity", "gzip"):
+                body = await self._cached_json(f"GET {path} {encoding}")
+                if body is not None:
+                    found[path] = body
+                    break
+        return found
+
+    async def _cached_json(self, key: str) -> object:
+        entry = await self._cache.get(key)
+        if entry is None or entry.status != 200:
+            return None
+        body = entry.body
+        if any(k.lower() == "content-encoding" and "gzip" in v.lower() for k, v in entry.headers):
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError):
+                return None
+        return parse_json(body)
+
+    def _digest(self, credentials: list[tuple[str, str]]) -> bytes:
+        material = repr(sorted((k.lower(), v) for k, v in credentials)).encode()
+        return hmac.new(self._me_secret, material, hashlib.sha256).digest()
+
+    def learn_me(
+        self, route: Route, credentials: list[tuple[str, str]], status: int, body: bytes
+    ) -> None:
+        """A credentialed `GET/PATCH /v2/systems/@me` tells which system its @me is."""
+        data = parse_json(body)
+        if status != 200 or route.template != "/v2/systems/{ref}" or not isinstance(data, dict):
+            return
+        system = data.get("id")
+        if isinstance(system, str):
+            digest = self._digest(credentials)
+            self._me[digest] = system.lower()
+            self._me.move_to_end(digest)
+            while len(self._me) > _ME_MEMORY:
+                self._me.popitem(last=False)

@@ -1,0 +1,178 @@
+"""The settings model: embedded defaults and the frozen dataclasses built from them."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from proxy.core.budget import ScopeSpec
+from proxy.core.routes import template_matches
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "pkproxy")
+
+
+DEFAULT_TTLS: dict[str, float] = {
+    "/v2/systems/{ref}/fronters": 10,
+    "/v2/systems/{ref}/switches": 15,
+    "/v2/systems/{ref}/switches/{switch}": 300,
+    "/v2/messages/{id}": 3600,
+    "/v2/systems/{ref}": 120,
+    "/v2/systems/{ref}/settings": 120,
+    "/v2/members/{ref}": 120,
+    "/v2/groups/{ref}": 120,
+    "/v2/systems/{ref}/members": 60,
+    "/v2/systems/{ref}/groups": 60,
+    "/v2/members/{ref}/groups": 60,
+    "/v2/groups/{ref}/members": 60,
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "max_body_bytes": 1_048_576,
+        "max_header_bytes": 16_384,
+        "keepalive_seconds": 75.0,
+        "drain_seconds": 10.0,
+        "event_loop": "auto",
+    },
+    "upstream": {
+        "url": "https://api.pluralkit.me",
+        "timeout_seconds": 10.0,
+        "connect_timeout_seconds": 5.0,
+        "user_agent": "pkproxy/0.1 (+https://github.com/pkproxy/pkproxy)",
+        "max_connections": 16,
+        "via": "1.1 pkproxy",
+    },
+    "budget": {
+        "profile": "seed",
+        "margin": 0.05,
+        "default_max_wait_ms": 10_000,
+        "max_wait_ceiling_ms": 60_000,
+        "max_queue": 1000,
+        "scopes": [],
+    },
+    "cache": {
+        "enabled": True,
+        "directory": "",
+        "memory_bytes": 32 * 1024 * 1024,
+        "disk_bytes": 512 * 1024 * 1024,
+        "default_ttl_seconds": 60.0,
+        "negative_ttl_seconds": 30.0,
+        "grace_seconds": 30.0,
+        "max_stale_seconds": 3600.0,
+        "ttl": {},
+    },
+    "consumers": {
+        "require_key": False,
+        "trusted_proxies": [],
+        "default_weight": 1.0,
+        "default_priority": "normal",
+        "keys": [],
+    },
+    "log": {"level": "info", "format": "auto"},
+}
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, named in one message."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str
+    port: int
+    max_body_bytes: int
+    max_header_bytes: int
+    keepalive_seconds: float
+    drain_seconds: float
+    event_loop: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    url: URL
+    timeout_seconds: float
+    connect_timeout_seconds: float
+    user_agent: str
+    max_connections: int
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    profile: str
+    margin: float
+    default_max_wait_ms: int
+    max_wait_ceiling_ms: int
+    max_queue: int
+    scopes: tuple[ScopeSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    enabled: bool
+    directory: str
+    memory_bytes: int
+    disk_bytes: int
+    default_ttl_seconds: float
+    negative_ttl_seconds: float
+    grace_seconds: float
+    max_stale_seconds: float
+    ttl: Mapping[str, float]
+
+    def ttl_for(self, template: str) -> float:
+        for pattern, seconds in self.ttl.items():
+            if template_matches(pattern, template):
+                return seconds
+        return self.default_ttl_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    name: str
+    key: str = field(repr=False)
+    weight: float = 1.0
+    priority: str = "normal"
+    rate: float | None = None
+    burst: int = 1
+    max_queued: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    require_key: bool
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    default_weight: float
+    default_priority: str
+    keys: tuple[ConsumerSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings
+    upstream: UpstreamSettings
+    budget: BudgetSettings
+    cache: CacheSettings
+    consumers: ConsumerSettings
+    log: LogSettings
+    source: str = "defaults"
