@@ -130,7 +130,12 @@ async def serve(settings: Settings) -> int:
         keepalive_timeout=settings.server.keepalive_seconds,
         shutdown_timeout=settings.upstream.timeout_seconds + 1,
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the cache store, starts the scheduler
+    except Exception as error:
+        log.error("server.startup_failed", error=f"{type(error).__name__}: {error}")
+        await runner.cleanup()
+        return 1
     site = web.TCPSite(runner, settings.server.host, settings.server.port, reuse_address=True)
     try:
         await site.start()

@@ -101,7 +101,8 @@ class Gateway:
         self.metrics = metrics
         self.draining = False
         self.coalescer: Coalescer[UpstreamResponse] = Coalescer()
-        self.invalidator = Invalidator(cache, metrics) if cache is not None else None
+        self.origin = str(settings.upstream.url)
+        self.invalidator = Invalidator(cache, metrics, self.origin) if cache is not None else None
         self._refreshes: set[asyncio.Task[None]] = set()
         self._log = get_logger()
         self.hits = 0
@@ -266,7 +267,7 @@ class Gateway:
         assert self.cache is not None
         accept = next((v for k, v in req.headers if k.lower() == "accept-encoding"), None)
         encoding = cache_encoding_class(accept)
-        key = cachepolicy.cache_key(req.target, encoding)
+        key = cachepolicy.cache_key(self.origin, req.target.path_and_query, encoding)
         entry = await self.cache.get(key)
         settings = self.settings.cache
         state: Fresh | Stale | Expired | Miss = Miss()
@@ -385,7 +386,7 @@ class Gateway:
         self, req: Request, key: str, upstream: UpstreamResponse, started: int
     ) -> None:
         assert self.cache is not None
-        tag = req.target.path
+        tag = cachepolicy.cache_tag(self.origin, req.target.path)
         if self.invalidator is not None and self.invalidator.outdated(tag, started):
             self.metrics.cache_stores.labels("invalidated_in_flight").inc()
             return

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from proxy.cache import TieredCache
+from proxy.core.cachepolicy import cache_key, cache_tag
 from proxy.core.invalidation import parse_json, paths_to_evict
 from proxy.core.routes import Route
 from proxy.logs import get_logger
@@ -21,8 +22,9 @@ _ROUNDS = 3
 
 
 class Invalidator:
-    def __init__(self, cache: TieredCache, metrics: Metrics) -> None:
+    def __init__(self, cache: TieredCache, metrics: Metrics, origin: str) -> None:
         self._cache = cache
+        self._origin = origin
         self._metrics = metrics
         self._log = get_logger()
         # Write generation per path: a fetch that started before a write must not store.
@@ -32,9 +34,9 @@ class Invalidator:
         self._me: OrderedDict[bytes, str] = OrderedDict()
         self._me_secret = os.urandom(32)
 
-    def outdated(self, path: str, started: int) -> bool:
-        """Whether a write evicted `path` after a fetch of it started at `started`."""
-        return self._evicted_gen.get(path, 0) > started
+    def outdated(self, tag: str, started: int) -> bool:
+        """Whether a write evicted `tag` after a fetch of it started at `started`."""
+        return self._evicted_gen.get(tag, 0) > started
 
     async def after_write(
         self,
@@ -59,8 +61,9 @@ class Invalidator:
             bodies.update(found)
         self.generation += 1
         for path in paths:
-            self._evicted_gen[path] = self.generation
-            await self._cache.evict_tag(path)
+            tag = cache_tag(self._origin, path)
+            self._evicted_gen[tag] = self.generation
+            await self._cache.evict_tag(tag)
         self._metrics.cache_invalidations.inc(len(paths))
         self._log.debug("cache.invalidated", route=route.template, paths=len(paths))
         if len(self._evicted_gen) > 10_000:
@@ -72,7 +75,7 @@ class Invalidator:
         found: dict[str, object] = {}
         for path in sorted(paths):
             for encoding in ("identity", "gzip"):
-                body = await self._cached_json(f"GET {path} {encoding}")
+                body = await self._cached_json(cache_key(self._origin, path, encoding))
                 if body is not None:
                     found[path] = body
                     break

@@ -22,9 +22,15 @@ def is_cacheable_request(target: Target, credentialed: bool) -> bool:
     )
 
 
-def cache_key(target: Target, encoding: str) -> str:
-    """GET and HEAD share an entry; the key is exactly what is forwarded upstream."""
-    return f"GET {target.path_and_query} {encoding}"
+def cache_key(origin: str, path_and_query: str, encoding: str) -> str:
+    """GET and HEAD share an entry; the key is exactly what is forwarded, to which origin
+    (a store kept across restarts must not answer for another upstream)."""
+    return f"GET {origin}{path_and_query} {encoding}"
+
+
+def cache_tag(origin: str, path: str) -> str:
+    """Every query of one path shares a tag, so that a write evicts them all."""
+    return f"{origin}{path}"
 
 
 @dataclass(frozen=True, slots=True)

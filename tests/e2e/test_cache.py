@@ -248,7 +248,7 @@ async def test_entries_survive_a_restart_and_corrupt_ones_are_dropped(
         await get(http, first, path)
     await first.close()
     with diskcache.Cache(str(tmp_path / "cache")) as disk:
-        keys = [k for k in disk.iterkeys() if "/v2/systems/exmpl " in k]
+        keys = [k for k in disk.iterkeys() if k.endswith("/v2/systems/exmpl gzip")]
         assert len(keys) == 1
         raw = bytearray(disk[keys[0]])
         raw[-3] ^= 0xFF  # one flipped byte in the body: the checksum catches it
@@ -338,3 +338,26 @@ async def test_stale_if_throttled_when_upstream_answers_429(
         http, proxy, "/v2/members/abcde", **{"X-PKProxy-Max-Wait": "500"}
     )
     assert (status, headers["X-Cache"]) == (200, "STALE")
+
+
+async def test_a_store_never_answers_for_another_upstream(
+    fake: FakePluralKit,
+    make_proxy: MakeProxy,
+    http: aiohttp.ClientSession,
+    aiohttp_server: Any,
+    tmp_path: Any,
+) -> None:
+    """The same cache directory behind a different upstream origin starts empty for it."""
+    from proxy.app import create_app
+    from tests.conftest import proxy_settings
+
+    first = await make_proxy()
+    await get(http, first, "/v2/members/abcde")
+    await first.close()
+    other = FakePluralKit()
+    other.members["abcde"]["name"] = "Other upstream"
+    other_server = await aiohttp_server(other.app())
+    settings = proxy_settings(str(other_server.make_url("/")), tmp_path / "cache")
+    second = await aiohttp_server(create_app(settings))
+    _, headers, body = await get(http, second, "/v2/members/abcde")
+    assert headers["X-Cache"] == "MISS" and b"Other upstream" in body
