@@ -52,20 +52,25 @@ class Coalescer(Generic[T]):
         self._flights[key] = flight
         return flight, False
 
-    async def join(
-        self, key: str, make: Make[T], deadline: float, timeout: float
-    ) -> tuple[T, bool]:
+    async def join(self, key: str, make: Make[T], deadline: float, wait: float) -> tuple[T, bool]:
         """Wait for the shared call (starting it if needed); True if another started it.
 
-        The shared task is shielded from any one waiter's cancellation; when the last
-        waiter leaves before the call was sent, it is cancelled so that no slot is spent.
+        A waiter waits at most `wait` seconds for the call to be *sent*; once it is sent,
+        it waits for the answer (bounded by the upstream timeout). The shared task is
+        shielded from any one waiter's cancellation; when the last waiter leaves before the
+        call was sent, it is cancelled so that no slot is spent.
         """
         flight, existing = self.start(key, make)
         if existing and flight.extend is not None:
             flight.extend(deadline)
         flight.waiters += 1
         try:
-            result = await asyncio.wait_for(asyncio.shield(flight.task), timeout)
+            try:
+                result = await asyncio.wait_for(asyncio.shield(flight.task), wait)
+            except TimeoutError:
+                if not flight.sent:
+                    raise
+                result = await asyncio.shield(flight.task)
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not (flight.detached or flight.sent or flight.task.done()):

@@ -306,12 +306,7 @@ class Gateway:
             if key not in self.coalescer:
                 self.quotas.admit(req.consumer, req.scope)
             upstream, shared = await self.coalescer.join(
-                key,
-                make,
-                req.deadline,
-                max(0.0, req.deadline - req.scope.now())
-                + 0.05
-                + self.settings.upstream.timeout_seconds,
+                key, make, req.deadline, max(0.0, req.deadline - req.scope.now())
             )
         except (UpstreamUnavailable, UpstreamTimeout, Throttled, TimeoutError) as error:
             if usable is not None:

@@ -361,3 +361,24 @@ async def test_a_store_never_answers_for_another_upstream(
     second = await aiohttp_server(create_app(settings))
     _, headers, body = await get(http, second, "/v2/members/abcde")
     assert headers["X-Cache"] == "MISS" and b"Other upstream" in body
+
+
+async def test_coalesced_waiter_keeps_its_own_deadline(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """Joining a shared call still queued, a request with a short max wait gets its 429 on
+    time; the patient one it joined is still served."""
+    proxy = await make_proxy()
+    blockers = [
+        asyncio.create_task(get(http, proxy, f"/v2/members/abcde?b={n}", Authorization="x"))
+        for n in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    patient = asyncio.create_task(get(http, proxy, "/v2/groups/grpaa"))
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    status, headers, _ = await get(http, proxy, "/v2/groups/grpaa", **{"X-PKProxy-Max-Wait": "200"})
+    assert status == 429 and asyncio.get_running_loop().time() - started < 0.5
+    assert (await patient)[0] == 200
+    await asyncio.gather(*blockers)
+    assert upstream_count(fake, "/v2/groups/grpaa") == 1
