@@ -152,13 +152,9 @@ class FakePluralKit:
 
     def max_in_window(self, window: float = 1.0, scope: str | None = None) -> int:
         """The largest number of arrivals in any window of `window` seconds (half-open)."""
-        times = sorted(a.at for a in self.arrivals if scope is None or a.scope == scope)
-        best, start = 0, 0
-        for end, at in enumerate(times):
-            while at - times[start] >= window:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(
+            [a.at for a in self.arrivals if scope is None or a.scope == scope], window
+        )
 
     # -- the server -------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -346,6 +342,17 @@ class FakePluralKit:
                 ]
             )
         return _json({k: v for k, v in group.items() if k != "members"})
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The largest number of instants in any half-open window of `window` seconds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def _fold(ref: str) -> str:

@@ -377,7 +377,7 @@ async def test_coalesced_waiter_keeps_its_own_deadline(
     patient = asyncio.create_task(get(http, proxy, "/v2/groups/grpaa"))
     await asyncio.sleep(0.05)
     started = asyncio.get_running_loop().time()
-    status, headers, _ = await get(http, proxy, "/v2/groups/grpaa", **{"X-PKProxy-Max-Wait": "200"})
+    status, _, _ = await get(http, proxy, "/v2/groups/grpaa", **{"X-PKProxy-Max-Wait": "200"})
     assert status == 429 and asyncio.get_running_loop().time() - started < 0.5
     assert (await patient)[0] == 200
     await asyncio.gather(*blockers)

@@ -17,7 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakepk import PLURALKIT_SCOPES, FakePluralKit, pluralkit_scope
+from tests.fakepk import PLURALKIT_SCOPES, FakePluralKit, max_in_window, pluralkit_scope
+
+__all__ = ["max_in_window"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,16 +135,6 @@ def processes(
 async def fetch_arrivals(session: Any, fake_url: str) -> list[dict[str, Any]]:
     async with session.get(f"{fake_url}/__fake/arrivals") as response:
         return list(await response.json())
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def percentile(values: list[float], q: float) -> float:
