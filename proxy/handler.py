@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.cache import Entry, TieredCache
+from proxy.cache import CacheStore, Entry
 from proxy.coalesce import Coalescer, Flight, Make
 from proxy.consumers import Consumer, Consumers
 from proxy.core import cachepolicy
@@ -87,7 +87,7 @@ class Gateway:
         settings: Settings,
         scheduler: Scheduler,
         forwarder: Forwarder,
-        cache: TieredCache | None,
+        cache: CacheStore | None,
         consumers: Consumers,
         quotas: Quotas,
         metrics: Metrics,

@@ -10,7 +10,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from proxy.cache import TieredCache
+from proxy.cache import CacheStore
 from proxy.core.cachepolicy import cache_key, cache_tag
 from proxy.core.invalidation import parse_json, paths_to_evict
 from proxy.core.routes import Route
@@ -22,7 +22,7 @@ _ROUNDS = 3
 
 
 class Invalidator:
-    def __init__(self, cache: TieredCache, metrics: Metrics, origin: str) -> None:
+    def __init__(self, cache: CacheStore, metrics: Metrics, origin: str) -> None:
         self._cache = cache
         self._origin = origin
         self._metrics = metrics
