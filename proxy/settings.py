@@ -42,6 +42,7 @@ _ENV_ALIASES = {
     "PKPROXY_HOST": ("server", "host"),
     "PKPROXY_PORT": ("server", "port"),
     "PKPROXY_UPSTREAM": ("upstream", "url"),
+    "PKPROXY_CACHE_DIR": ("cache", "directory"),
 }
 _ENV_IGNORED = frozenset({"PKPROXY_CONFIG"})
 
