@@ -14,6 +14,10 @@ from proxy.core.budget import ScopeSpec
 from proxy.core.errors import Throttled
 from proxy.core.fairqueue import FairQueue
 
+# Timers may fire up to the clock's resolution early; below this a wait is already over
+# (and a loop waiting for less would spin). The pacing margin is far larger.
+_EPSILON = 0.0005
+
 
 @dataclass(eq=False, slots=True)
 class Ticket:
@@ -167,19 +171,20 @@ class ScopeScheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.paused_for > 0:
+            if self.paused_for > _EPSILON:
                 await asyncio.sleep(self.paused_for)
                 continue
             await self._limiter.acquire()
             # Space by when requests were really sent, not granted: a request that left the
             # event loop late must not leave the next one arriving early upstream.
-            while (
-                self.spec.burst == 1 and (gap := self._last_sent + self.interval - self.now()) > 0
-            ):
+            while self.spec.burst == 1 and (gap := self._send_gap()) > _EPSILON:
                 await asyncio.sleep(gap)
-            if self.paused_for > 0:
+            if self.paused_for > _EPSILON:
                 continue  # a 429 arrived while waiting: the pause wins
             self._grant_next()
+
+    def _send_gap(self) -> float:
+        return self._last_sent + self.interval - self.now()
 
     def _grant_next(self) -> None:
         while (popped := self._queue.pop()) is not None:
