@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import struct
 import zlib
 from collections import OrderedDict
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import diskcache
+
+from proxy.logs import get_logger
 
 _MAGIC = b"PKC1"
 _HEAD = struct.Struct(">4sII")  # magic, crc32 of the rest, length of the JSON meta
@@ -151,44 +154,60 @@ class TieredCache:
         self.memory = MemoryTier(memory_bytes)
         self._disk = open_disk(directory, disk_bytes)
         self.corrupt_dropped = 0
+        self.disk_errors = 0
+        self._log = get_logger()
+
+    async def _on_disk(self, operation: str, *args: Any) -> Any:
+        """Run one diskcache call in a thread. A failing disk (full, damaged database)
+        degrades to a miss or a skipped store: it never fails the request."""
+        try:
+            return await asyncio.to_thread(getattr(self._disk, operation), *args)
+        except (OSError, sqlite3.Error) as error:
+            self.disk_errors += 1
+            self._log.error("cache.disk_error", operation=operation, error=str(error))
+            return None
 
     async def get(self, key: str) -> Entry | None:
         entry = self.memory.get(key)
         if entry is not None:
             return entry
-        raw = await asyncio.to_thread(self._disk.get, key)
+        raw = await self._on_disk("get", key)
         if raw is None:
             return None
         try:
             entry = Entry.from_bytes(raw)
         except CorruptEntry:
             self.corrupt_dropped += 1
-            await asyncio.to_thread(self._disk.delete, key)
+            self._log.warning("cache.corrupt_entry_dropped")
+            await self._on_disk("delete", key)
             return None
         self.memory.set(key, entry)
         return entry
 
-    def get_memory(self, key: str) -> Entry | None:
-        return self.memory.get(key)
-
     async def set(self, key: str, entry: Entry) -> None:
         self.memory.set(key, entry)
-        await asyncio.to_thread(self._disk.set, key, entry.to_bytes(), None, False, entry.tag)
+        await self._on_disk("set", key, entry.to_bytes(), None, False, entry.tag)
 
     async def evict_tag(self, tag: str) -> int:
         count = self.memory.evict_tag(tag)
-        evicted: int = await asyncio.to_thread(self._disk.evict, tag)
-        return count + evicted
+        evicted = await self._on_disk("evict", tag)
+        return count + (evicted or 0)
 
     def stats(self) -> dict[str, int]:
         return {
             "memory_entries": len(self.memory),
             "memory_bytes": self.memory.bytes,
             "memory_evictions": self.memory.evictions,
-            "disk_entries": len(self._disk),
-            "disk_bytes": int(self._disk.volume()),
+            **self._disk_stats(),
             "corrupt_dropped": self.corrupt_dropped,
+            "disk_errors": self.disk_errors,
         }
+
+    def _disk_stats(self) -> dict[str, int]:
+        try:
+            return {"disk_entries": len(self._disk), "disk_bytes": int(self._disk.volume())}
+        except (OSError, sqlite3.Error):
+            return {"disk_entries": 0, "disk_bytes": 0}
 
     async def clear(self) -> int:
         self.memory.clear()

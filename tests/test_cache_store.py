@@ -77,3 +77,17 @@ async def test_corrupt_disk_entry_is_dropped(tmp_path: Path) -> None:
         assert cache._disk.get("k") is None
     finally:
         await cache.close()
+
+
+async def test_a_failing_disk_degrades_to_misses(tmp_path: Path) -> None:
+    """A damaged database file makes reads misses and stores no-ops, never an error."""
+    cache = TieredCache(str(tmp_path), memory_bytes=0, disk_bytes=10_000_000)
+    try:
+        cache._disk.close()
+        (tmp_path / "cache.db").write_bytes(b"this is not sqlite" * 100)
+        assert await cache.get("k") is None
+        await cache.set("k", entry(1, 10))
+        assert await cache.evict_tag("/v2/members/x") == 0
+        assert cache.stats()["disk_errors"] >= 3
+    finally:
+        await cache.close()
