@@ -1,4 +1,4 @@
-"""Scheduler: per scope, a fair queue in front of an aiolimiter pacer, paused by upstream."""
+"""Scheduler: per scope, *who* goes next (the fair queue) in front of *when* (the pacer)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from aiolimiter import AsyncLimiter
-
 from proxy.core import budget
 from proxy.core.budget import ScopeSpec
 from proxy.core.errors import Throttled
 from proxy.core.fairqueue import FairQueue
-
-# Timers may fire up to the clock's resolution early; below this a wait is already over
-# (and a loop waiting for less would spin). The pacing margin is far larger.
-_EPSILON = 0.0005
+from proxy.pacer import LocalPacer, Pacer
 
 
 @dataclass(eq=False, slots=True)
@@ -50,14 +45,9 @@ class ScopeScheduler:
         self.interval = spec.interval(margin)
         self.max_queue = max_queue
         self._loop = asyncio.get_running_loop()
-        # AsyncLimiter(1, interval) spaces strictly; a capacity of `burst` would let a
-        # burst through, which is only configured deliberately (burst <= rate - 1).
-        self._limiter = AsyncLimiter(spec.burst, spec.burst * self.interval)
+        self._pacer: Pacer = LocalPacer(spec, margin)
         self._queue: FairQueue[Ticket] = FairQueue()
         self._wakeup = asyncio.Event()
-        self._paused_until = 0.0
-        self._last_grant = -1e9
-        self._last_sent = -1e9
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.grants_recent: list[float] = []
@@ -94,9 +84,7 @@ class ScopeScheduler:
         return self._loop.time()
 
     def next_slot_in(self) -> float:
-        now = self.now()
-        last = max(self._last_grant, self._last_sent)
-        return max(last + self.interval, self._paused_until, now) - now
+        return self._pacer.next_slot_in()
 
     def wait_for_new(self, consumer: str, weight: float) -> float:
         ahead = self._queue.ahead_of_new(consumer, weight)
@@ -110,7 +98,7 @@ class ScopeScheduler:
 
     @property
     def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self.now())
+        return self._pacer.paused_for()
 
     def view(self, consumer: str, weight: float, max_wait: float) -> ScopeView:
         wait = self.wait_for_new(consumer, weight)
@@ -159,11 +147,11 @@ class ScopeScheduler:
 
     def mark_sent(self) -> None:
         """Called just before a granted request is written to upstream."""
-        self._last_sent = max(self._last_sent, self.now())
+        self._pacer.mark_sent()
 
     def pause(self, seconds: float) -> None:
         """Send nothing in this scope for `seconds` (upstream 429 or Remaining: 0)."""
-        self._paused_until = max(self._paused_until, self.now() + seconds)
+        self._pacer.pause(seconds)
 
     async def _run(self) -> None:
         while True:
@@ -171,20 +159,8 @@ class ScopeScheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.paused_for > _EPSILON:
-                await asyncio.sleep(self.paused_for)
-                continue
-            await self._limiter.acquire()
-            # Space by when requests were really sent, not granted: a request that left the
-            # event loop late must not leave the next one arriving early upstream.
-            while self.spec.burst == 1 and (gap := self._send_gap()) > _EPSILON:
-                await asyncio.sleep(gap)
-            if self.paused_for > _EPSILON:
-                continue  # a 429 arrived while waiting: the pause wins
+            await self._pacer.wait_turn()
             self._grant_next()
-
-    def _send_gap(self) -> float:
-        return self._last_sent + self.interval - self.now()
 
     def _grant_next(self) -> None:
         while (popped := self._queue.pop()) is not None:
@@ -192,7 +168,7 @@ class ScopeScheduler:
             if ticket.granted.done():
                 continue
             now = self.now()
-            self._last_grant = now
+            self._pacer.granted()
             self.sent += 1
             self.grants_recent.append(now)
             if len(self.grants_recent) > 256:
