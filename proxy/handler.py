@@ -254,7 +254,8 @@ class Gateway:
             extra["Retry-After"] = str(max(1, -(-retry_ms // 1000)))
             extra["X-RateLimit-Remaining"] = "0"
             extra["X-RateLimit-Reset"] = str(int((time.time() + retry_ms / 1000) * 1000))
-        return passthrough(upstream.status, headers, upstream.body, extra)
+        head_length = upstream.header("Content-Length") if req.target.method == "HEAD" else None
+        return passthrough(upstream.status, headers, upstream.body, extra, head_length)
 
     def _rate_headers(self, req: Request) -> dict[str, str]:
         view = self.quotas.view(

@@ -60,16 +60,21 @@ def error_response(error: ProxyError, via: str) -> web.Response:
 
 
 def passthrough(
-    status: int, headers: list[tuple[str, str]], body: bytes, extra: dict[str, str]
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    extra: dict[str, str],
+    head_length: str | None = None,
 ) -> web.Response:
+    """Upstream's answer as the client gets it. For a HEAD forwarded as HEAD, the length
+    upstream announced is kept (there is no body to measure)."""
     out = CIMultiDict(headers)
     for name, value in extra.items():
         out[name] = value
-    # A 429 passed back from upstream gets the Retry-After PluralKit never sends.
-    response = web.Response(
-        status=status, body=body if status not in {204, 304} else None, headers=out
-    )
-    return response
+    if head_length is not None and not body:
+        out["Content-Length"] = head_length
+        return web.Response(status=status, headers=out)
+    return web.Response(status=status, body=body if status not in {204, 304} else None, headers=out)
 
 
 def wall_ms() -> int:

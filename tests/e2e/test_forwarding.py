@@ -316,3 +316,16 @@ async def test_healthz(make_proxy: MakeProxy, http: aiohttp.ClientSession) -> No
 
 
 _ = web
+
+
+async def test_credentialed_head_keeps_upstreams_content_length(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """A HEAD forwarded as HEAD answers with the length upstream announced, and no body."""
+    proxy = await make_proxy()
+    async with http.get(proxy.make_url("/v2/members/abcde"), headers={"Authorization": "x"}) as r:
+        length = len(await r.read())
+    async with http.head(proxy.make_url("/v2/members/abcde"), headers={"Authorization": "x"}) as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) == length
+        assert await r.read() == b""
+    assert [a.method for a in fake.arrivals] == ["GET", "HEAD"]
