@@ -71,7 +71,7 @@ class Forwarder:
             scope.mark_sent()
             try:
                 response = await self._upstream.send(
-                    out.method, out.path_and_query, out.headers, out.body
+                    out.method, out.path_and_query, out.headers, out.body, scope.mark_sent
                 )
             finally:
                 self.in_flight -= 1

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 from multidict import CIMultiDict
@@ -46,6 +47,21 @@ def _map_errors(timeout: float) -> Iterator[None]:
         raise UpstreamUnavailable(f"upstream connection failed ({reason})") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class _SentHook:
+    callback: Callable[[], None] | None
+
+
+async def _headers_sent(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    hook = context.trace_request_ctx
+    if isinstance(hook, _SentHook) and hook.callback is not None:
+        hook.callback()
+
+
 class Upstream:
     """Sends one request to the fixed upstream origin; never follows redirects."""
 
@@ -56,7 +72,10 @@ class Upstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._settings.max_connections, ttl_dns_cache=300)
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(_headers_sent)
         self._session = aiohttp.ClientSession(
+            trace_configs=[tracing],
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -76,8 +95,15 @@ class Upstream:
         return URL(str(self._origin) + path_and_query, encoded=True)
 
     async def send(
-        self, method: str, path_and_query: str, headers: list[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        path_and_query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        on_headers_sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
+        """Send one request. `on_headers_sent` is called when its headers are written to the
+        connection, after any connection setup, which is when pacing must count it sent."""
         assert self._session is not None, "Upstream.start() was not awaited"
         started = time.perf_counter()
         with _map_errors(self._settings.timeout_seconds):
@@ -87,6 +113,7 @@ class Upstream:
                 headers=CIMultiDict(headers),
                 data=body if body or method in {"POST", "PATCH", "PUT"} else None,
                 allow_redirects=False,
+                trace_request_ctx=_SentHook(on_headers_sent),
             ) as response:
                 payload = await response.read()
                 raw_headers = [
