@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.core import budget
+from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.core.invalidation import parse_json
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
@@ -73,6 +74,10 @@ class Forwarder:
                 response = await self._upstream.send(
                     out.method, out.path_and_query, out.headers, out.body, scope.mark_sent
                 )
+            except (UpstreamUnavailable, UpstreamTimeout) as error:
+                failure = "timeout" if isinstance(error, UpstreamTimeout) else "unreachable"
+                self._metrics.upstream_requests.labels(scope.spec.name, failure).inc()
+                raise
             finally:
                 self.in_flight -= 1
             out.upstream_time += response.elapsed

@@ -252,6 +252,10 @@ async def test_upstream_down_is_a_clear_502(
         assert r.status == 502
         body = await r.json()
         assert body["code"] == 0 and "connect" in body["message"]
+    from proxy.app import METRICS
+
+    exported = proxy.app[METRICS].render().decode()
+    assert 'pkproxy_upstream_requests_total{scope="all",status="unreachable"} 1.0' in exported
 
 
 async def test_upstream_slow_is_a_504_within_the_timeout(
