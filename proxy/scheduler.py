@@ -13,6 +13,9 @@ from proxy.core.errors import Throttled
 from proxy.core.fairqueue import FairQueue
 from proxy.pacer import LocalPacer, Pacer
 
+# How long a request may take to be handed a slot that was free when it arrived.
+_FREE_SLOT_GRACE = 0.05
+
 
 @dataclass(eq=False, slots=True)
 class Ticket:
@@ -118,6 +121,10 @@ class ScopeScheduler:
         wait = self.wait_for_new(ticket.consumer, ticket.weight)
         if not front and len(self._queue) >= self.max_queue:
             raise self.throttled(wait, max_wait, "queue_full")
+        if wait == 0.0:
+            # A free slot is granted on the scheduler's next turn of the loop: a request
+            # that may not wait at all (max wait 0) still gets it.
+            ticket.deadline = max(ticket.deadline, self.now() + _FREE_SLOT_GRACE)
         if self.now() + wait > ticket.deadline:
             raise self.throttled(wait, max_wait, "deadline")
         self._queue.push(ticket.consumer, ticket.weight, ticket.priority, ticket, front)

@@ -233,3 +233,16 @@ async def test_remaining_zero_pauses_the_scope_for_a_slot(
     (await first).release()
     gap = fake.arrivals[1].at - fake.arrivals[0].at
     assert gap >= 0.3 + 0.525 - 0.02
+
+
+async def test_max_wait_zero_is_served_when_a_slot_is_free(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """X-PKProxy-Max-Wait: 0 means "do not queue": served if a slot is free, else 429."""
+    proxy = await make_proxy()
+    no_wait = {"Authorization": "x", "X-PKProxy-Max-Wait": "0"}
+    async with http.get(proxy.make_url("/v2/members/abcde"), headers=no_wait) as r:
+        assert r.status == 200
+    async with http.get(proxy.make_url("/v2/members/abcde"), headers=no_wait) as r:
+        assert r.status == 429
+    assert len(fake.arrivals) == 1
