@@ -153,6 +153,15 @@ def test_install_and_unit_start_command_work_in_a_clean_venv(tmp_path: Path) -> 
             process.kill()
 
 
+def test_ci_runs_the_readmes_test_command() -> None:
+    """The README's second command is what .ci/run runs, to the letter."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```sh")[1:3]]
+    assert "pkproxy" in blocks[0] and "pytest" in blocks[1]
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert blocks[1] in ci_lines
+
+
 def test_pyproject_declares_the_command() -> None:
     """The `pkproxy` command the deployment files run is the package's entry point."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
