@@ -31,25 +31,13 @@ class Quotas:
         if spec is None:
             return
         if spec.max_queued is not None and scope.depth(consumer.name) >= spec.max_queued:
-            raise Throttled(
-                f"consumer:{spec.name}",
-                int(scope.interval * 1000) + 1,
-                spec.max_queued,
-                _wall_ms(scope.interval),
-                "consumer_queue_full",
-            )
+            raise _refusal(spec.name, scope.interval, spec.max_queued, "consumer_queue_full")
         bucket = self._bucket(consumer)
         if bucket is None:
             return
         check = bucket.take(self._clock())
         if not check.allowed:
-            raise Throttled(
-                f"consumer:{spec.name}",
-                int(check.retry_after * 1000) + 1,
-                bucket.burst,
-                _wall_ms(check.retry_after),
-                "consumer_quota",
-            )
+            raise _refusal(spec.name, check.retry_after, bucket.burst, "consumer_quota")
 
     def view(self, consumer: Consumer, scope_view: ScopeView) -> ScopeView:
         """The tighter of the scope's and the consumer's own limit."""
@@ -63,6 +51,13 @@ class Quotas:
         return ScopeView(
             f"consumer:{consumer.spec.name}", bucket.burst, check.remaining, _wall_ms(reset)
         )
+
+
+def _refusal(name: str, retry_after: float, limit: int, reason: str) -> Throttled:
+    """The consumer's own 429: its scope is `consumer:<name>`, its limit its quota's."""
+    return Throttled(
+        f"consumer:{name}", int(retry_after * 1000) + 1, limit, _wall_ms(retry_after), reason
+    )
 
 
 def _wall_ms(seconds_from_now: float) -> int:

@@ -42,6 +42,17 @@ def upstream_count(fake: FakePluralKit, fragment: str = "") -> int:
     return sum(1 for a in fake.arrivals if fragment in a.path)
 
 
+async def expired_entry(
+    make_proxy: MakeProxy, http: aiohttp.ClientSession, **cache: float
+) -> tuple[TestServer, Clock]:
+    """A proxy whose entry for /v2/members/abcde expired 10 minutes ago, past any grace."""
+    proxy = await make_proxy(cache={"grace_seconds": 0.0, **cache})
+    clock = drive_clock(proxy)
+    await get(http, proxy, "/v2/members/abcde")
+    clock.now += 600
+    return proxy, clock
+
+
 async def test_hit_costs_nothing_and_matches_the_miss(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
@@ -292,10 +303,7 @@ async def test_stale_if_error_when_upstream_is_down(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
     """Past grace but within max-stale, an upstream 5xx is replaced by the stale entry."""
-    proxy = await make_proxy(cache={"grace_seconds": 0.0, "max_stale_seconds": 3600.0})
-    clock = drive_clock(proxy)
-    await get(http, proxy, "/v2/members/abcde")
-    clock.now += 600
+    proxy, clock = await expired_entry(make_proxy, http, max_stale_seconds=3600.0)
     fake.force_status["/v2/members/abcde"] = (503, b'{"message":"down","code":0}')
     status, headers, body = await get(http, proxy, "/v2/members/abcde")
     assert (status, headers["X-Cache"]) == (200, "STALE") and b"Alice" in body
@@ -308,10 +316,7 @@ async def test_stale_if_throttled_when_the_queue_is_too_long(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
     """A refetch that would wait past the client's deadline is answered from stale."""
-    proxy = await make_proxy(cache={"grace_seconds": 0.0})
-    clock = drive_clock(proxy)
-    await get(http, proxy, "/v2/members/abcde")
-    clock.now += 600
+    proxy, _ = await expired_entry(make_proxy, http)
     backlog = [
         asyncio.create_task(get(http, proxy, f"/v2/members/abcde?b={n}", Authorization="x"))
         for n in range(4)
@@ -328,10 +333,7 @@ async def test_stale_if_throttled_when_upstream_answers_429(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
     """An upstream 429 that outlasts the deadline is answered from stale, not passed back."""
-    proxy = await make_proxy(cache={"grace_seconds": 0.0})
-    clock = drive_clock(proxy)
-    await get(http, proxy, "/v2/members/abcde")
-    clock.now += 600
+    proxy, _ = await expired_entry(make_proxy, http)
     await asyncio.sleep(0.6)
     fake.block(5.0)
     status, headers, _ = await get(
