@@ -24,7 +24,6 @@ class Outbound:
     headers: list[tuple[str, str]]
     body: bytes
     consumer: str
-    consumer_label: str
     weight: float
     priority: str
     max_wait: float

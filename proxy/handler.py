@@ -14,7 +14,7 @@ from proxy.coalesce import Coalescer, Flight, Make
 from proxy.consumers import Consumer, Consumers
 from proxy.core import cachepolicy
 from proxy.core.admission import Target, admit
-from proxy.core.cachepolicy import Expired, Fresh, Miss, Stale
+from proxy.core.cachepolicy import Expired, Fresh, Lookup, Miss, Stale
 from proxy.core.errors import (
     BadRequest,
     Draining,
@@ -234,7 +234,6 @@ class Gateway:
             headers,
             body,
             req.consumer.name,
-            req.consumer.label,
             req.consumer.weight,
             req.priority,
             req.max_wait,
@@ -271,7 +270,7 @@ class Gateway:
         key = cachepolicy.cache_key(self.origin, req.target.path_and_query, encoding)
         entry = await self.cache.get(key)
         settings = self.settings.cache
-        state: Fresh | Stale | Expired | Miss = Miss()
+        state: Lookup = Miss()
         if entry is not None:
             state = cachepolicy.classify_age(
                 entry.stored_at,

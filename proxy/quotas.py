@@ -8,7 +8,7 @@ from collections.abc import Callable
 from proxy.consumers import Consumer
 from proxy.core.errors import Throttled
 from proxy.core.quota import QuotaBucket
-from proxy.scheduler import ScopeScheduler, ScopeView
+from proxy.scheduler import ScopeScheduler, ScopeView, wall_ms_in
 
 
 class Quotas:
@@ -49,16 +49,12 @@ class Quotas:
             return scope_view
         reset = check.retry_after if check.remaining == 0 else 0.0
         return ScopeView(
-            f"consumer:{consumer.spec.name}", bucket.burst, check.remaining, _wall_ms(reset)
+            f"consumer:{consumer.spec.name}", bucket.burst, check.remaining, wall_ms_in(reset)
         )
 
 
 def _refusal(name: str, retry_after: float, limit: int, reason: str) -> Throttled:
     """The consumer's own 429: its scope is `consumer:<name>`, its limit its quota's."""
     return Throttled(
-        f"consumer:{name}", int(retry_after * 1000) + 1, limit, _wall_ms(retry_after), reason
+        f"consumer:{name}", int(retry_after * 1000) + 1, limit, wall_ms_in(retry_after), reason
     )
-
-
-def _wall_ms(seconds_from_now: float) -> int:
-    return int((time.time() + max(0.0, seconds_from_now)) * 1000)

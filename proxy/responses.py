@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -75,7 +74,3 @@ def passthrough(
         out["Content-Length"] = head_length
         return web.Response(status=status, headers=out)
     return web.Response(status=status, body=body if status not in {204, 304} else None, headers=out)
-
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)

@@ -107,12 +107,12 @@ class ScopeScheduler:
         wait = self.wait_for_new(consumer, weight)
         remaining = budget.remaining_capacity(wait, max_wait, self.interval, self.spec.limit)
         until = self.next_slot_in() if remaining > 0 else max(wait - max_wait, 0) + self.interval
-        return ScopeView(self.spec.name, self.spec.limit, remaining, _wall_ms(until))
+        return ScopeView(self.spec.name, self.spec.limit, remaining, wall_ms_in(until))
 
     def throttled(self, wait: float, max_wait: float, reason: str) -> Throttled:
         retry = budget.retry_after_for(wait, max_wait, self.next_slot_in())
         return Throttled(
-            self.spec.name, int(retry * 1000) + 1, self.spec.limit, _wall_ms(retry), reason
+            self.spec.name, int(retry * 1000) + 1, self.spec.limit, wall_ms_in(retry), reason
         )
 
     # -- the flow ------------------------------------------------------------------
@@ -190,7 +190,8 @@ class ScopeScheduler:
         return min(1.0, used * self.interval / window)
 
 
-def _wall_ms(seconds_from_now: float) -> int:
+def wall_ms_in(seconds_from_now: float) -> int:
+    """UNIX milliseconds `seconds_from_now` from now (X-RateLimit-Reset's unit)."""
     return int((time.time() + max(0.0, seconds_from_now)) * 1000)
 
 

@@ -53,7 +53,6 @@ class Control:
 
     max_wait_ms: int | None
     priority: str | None
-    key: str | None
 
 
 def has_credential(headers: Headers) -> bool:
@@ -158,7 +157,7 @@ def parse_control(headers: Mapping[str, str]) -> Control:
         priority = priority.strip().lower()
         if priority not in {"interactive", "normal", "background"}:
             raise ValueError("X-PKProxy-Priority must be interactive, normal or background")
-    return Control(max_wait, priority, headers.get("X-PKProxy-Key"))
+    return Control(max_wait, priority)
 
 
 def header_bytes(headers: Headers) -> int:
