@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from proxy.core import budget
@@ -13,6 +14,7 @@ from proxy.core.errors import Throttled
 from proxy.core.fairqueue import FairQueue
 from proxy.pacer import LocalPacer, Pacer
 
+_UTILISATION_WINDOW = 60.0
 # How long a request may take to be handed a slot that was free when it arrived.
 _FREE_SLOT_GRACE = 0.05
 
@@ -53,7 +55,7 @@ class ScopeScheduler:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
-        self.grants_recent: list[float] = []
+        self._grants: deque[float] = deque()  # grant times within the last minute
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -177,17 +179,17 @@ class ScopeScheduler:
             now = self.now()
             self._pacer.granted()
             self.sent += 1
-            self.grants_recent.append(now)
-            if len(self.grants_recent) > 256:
-                del self.grants_recent[:128]
+            self._grants.append(now)
+            while self._grants[0] < now - _UTILISATION_WINDOW:
+                self._grants.popleft()
             ticket.granted.set_result(now)
             return
 
-    def utilisation(self, window: float = 60.0) -> float:
-        """Share of the scope's capacity used over the last `window` seconds."""
-        since = self.now() - window
-        used = sum(1 for t in self.grants_recent if t >= since)
-        return min(1.0, used * self.interval / window)
+    def utilisation(self) -> float:
+        """Share of the scope's capacity used over the last minute."""
+        since = self.now() - _UTILISATION_WINDOW
+        used = sum(1 for t in self._grants if t >= since)
+        return min(1.0, used * self.interval / _UTILISATION_WINDOW)
 
 
 def wall_ms_in(seconds_from_now: float) -> int:

@@ -1,0 +1,23 @@
+"""The scheduler adapter on its own (real loop, a fast scope, bounded time)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.core.budget import ScopeSpec
+from proxy.scheduler import ScopeScheduler, Ticket
+
+
+async def test_utilisation_counts_every_grant_of_the_last_minute() -> None:
+    """Utilisation is grants in the last minute times the interval, however many grants."""
+    scope = ScopeScheduler(ScopeSpec("all", 400.0, burst=200), 0.0, 10_000)
+    scope.start()
+    try:
+        tickets = [Ticket("c", 1.0, "normal", scope.now() + 60) for _ in range(600)]
+        await asyncio.gather(*(scope.acquire(t, 60.0) for t in tickets))
+        assert scope.sent == 600
+        assert scope.utilisation() == pytest.approx(600 * (1 / 400) / 60, rel=1e-6)
+    finally:
+        await scope.stop()
