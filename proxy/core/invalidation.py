@@ -50,29 +50,23 @@ def system_paths(systems: set[str]) -> set[str]:
     return {f"/v2/systems/{s}{suffix}" for s in systems for suffix in suffixes}
 
 
-def _member_paths(members: set[str], known: KnownBody) -> tuple[set[str], set[str]]:
-    paths: set[str] = set()
-    systems: set[str] = set()
-    for member in members:
-        paths |= {f"/v2/members/{member}", f"/v2/members/{member}/groups"}
-        cached = known(f"/v2/members/{member}")
-        if isinstance(cached, dict) and isinstance(cached.get("system"), str):
-            systems.add(fold_ref(cached["system"]))
-        for group in _refs(known(f"/v2/members/{member}/groups")):
-            paths |= {f"/v2/groups/{group}", f"/v2/groups/{group}/members"}
-    return paths, systems
+# A member's groups and a group's members are the two lists that link the kinds: writing
+# one side makes the other side's list wrong too.
+_LINKS = {"members": ("groups", "groups", "members"), "groups": ("members", "members", "groups")}
 
 
-def _group_paths(groups: set[str], known: KnownBody) -> tuple[set[str], set[str]]:
+def _linked_paths(kind: str, refs: set[str], known: KnownBody) -> tuple[set[str], set[str]]:
+    """Paths a write to members or groups `refs` makes wrong, and the systems they belong to."""
+    own_list, other_kind, other_list = _LINKS[kind]
     paths: set[str] = set()
     systems: set[str] = set()
-    for group in groups:
-        paths |= {f"/v2/groups/{group}", f"/v2/groups/{group}/members"}
-        cached = known(f"/v2/groups/{group}")
+    for ref in refs:
+        paths |= {f"/v2/{kind}/{ref}", f"/v2/{kind}/{ref}/{own_list}"}
+        cached = known(f"/v2/{kind}/{ref}")
         if isinstance(cached, dict) and isinstance(cached.get("system"), str):
             systems.add(fold_ref(cached["system"]))
-        for member in _refs(known(f"/v2/groups/{group}/members")):
-            paths.add(f"/v2/members/{member}/groups")
+        for other in _refs(known(f"/v2/{kind}/{ref}/{own_list}")):
+            paths.add(f"/v2/{other_kind}/{other}/{other_list}")
     return paths, systems
 
 
@@ -99,10 +93,10 @@ def paths_to_evict(
             systems_for_switch = _system_aliases(systems, known)
             paths |= {f"/v2/systems/{s}/switches/{switch}" for s in systems_for_switch}
         members = _refs(response_json.get("members")) if isinstance(response_json, dict) else set()
-        systems |= _member_paths(members, known)[1]
+        systems |= _linked_paths("members", members, known)[1]
     elif route.kind == "members":
         members = ({ref} if ref else set()) | _ids(response_json)
-        member_paths, member_systems = _member_paths(members, known)
+        member_paths, member_systems = _linked_paths("members", members, known)
         paths |= member_paths
         systems |= member_systems
         if route.param("action"):
@@ -110,7 +104,7 @@ def paths_to_evict(
             paths |= {p for g in groups for p in (f"/v2/groups/{g}", f"/v2/groups/{g}/members")}
     elif route.kind == "groups":
         groups = ({ref} if ref else set()) | _ids(response_json)
-        group_paths, group_systems = _group_paths(groups, known)
+        group_paths, group_systems = _linked_paths("groups", groups, known)
         paths |= group_paths
         systems |= group_systems
         if route.param("action"):
