@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.cache import TieredCache
-from proxy.consumers import Consumers
-from proxy.forward import Forwarder
-from proxy.handler import Gateway
-from proxy.metrics import CONTENT_TYPE, Metrics
-from proxy.quotas import Quotas
-from proxy.scheduler import Scheduler
+from proxy.budget.forward import Forwarder
+from proxy.budget.quotas import Quotas
+from proxy.budget.scheduler import Scheduler
+from proxy.cache.store import TieredCache
+from proxy.flow.consumers import Consumers
+from proxy.flow.gateway import Gateway
+from proxy.ops.metrics import CONTENT_TYPE, Metrics
 from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.upstream.client import Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -15,9 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from proxy.app import GATEWAY, create_app
-from proxy.cache import open_disk
+from proxy.cache.store import open_disk
 from proxy.core.errors import Draining
-from proxy.logs import configure_logging, get_logger
+from proxy.ops.logs import configure_logging, get_logger
 from proxy.settings import ConfigError, Settings, load_settings
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
-from proxy.logs import configure_logging
+from proxy.ops.logs import configure_logging
 from proxy.settings import Settings, load_settings
 from tests.fakepk import FakePluralKit
 

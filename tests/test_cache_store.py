@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.cache import CorruptEntry, Entry, MemoryTier, TieredCache
+from proxy.cache.store import CorruptEntry, Entry, MemoryTier, TieredCache
 
 
 def entry(n: int, size: int, tag: str = "/v2/members/x") -> Entry:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from proxy.budget.scheduler import ScopeScheduler, Ticket
 from proxy.core.budget import ScopeSpec
-from proxy.scheduler import ScopeScheduler, Ticket
 
 
 async def test_utilisation_counts_every_grant_of_the_last_minute() -> None:

@@ -8,11 +8,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from proxy.budget.pacer import LocalPacer, Pacer
 from proxy.core import budget
 from proxy.core.budget import ScopeSpec
 from proxy.core.errors import Throttled
 from proxy.core.fairqueue import FairQueue
-from proxy.pacer import LocalPacer, Pacer
 
 _UTILISATION_WINDOW = 60.0
 # How long a request may take to be handed a slot that was free when it arrived.

@@ -6,13 +6,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from proxy.budget.scheduler import ScopeScheduler, Ticket
 from proxy.core import budget
 from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.core.invalidation import parse_json
-from proxy.logs import get_logger
-from proxy.metrics import Metrics
-from proxy.scheduler import ScopeScheduler, Ticket
-from proxy.upstream import Upstream, UpstreamResponse
+from proxy.ops.logs import get_logger
+from proxy.ops.metrics import Metrics
+from proxy.upstream.client import Upstream, UpstreamResponse
 
 
 @dataclass(slots=True)

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.cache import CacheStore, Entry
-from proxy.coalesce import Coalescer, Flight, Make
-from proxy.consumers import Consumer, Consumers
+from proxy.budget.forward import Forwarder, Outbound
+from proxy.budget.quotas import Quotas
+from proxy.budget.scheduler import Scheduler, ScopeScheduler
+from proxy.cache.invalidator import Invalidator
+from proxy.cache.store import CacheStore, Entry
 from proxy.core import cachepolicy
 from proxy.core.admission import Target, admit
 from proxy.core.cachepolicy import Expired, Fresh, Lookup, Miss, Stale
@@ -36,15 +38,13 @@ from proxy.core.headers import (
     response_headers,
 )
 from proxy.core.invalidation import parse_json
-from proxy.forward import Forwarder, Outbound
-from proxy.invalidator import Invalidator
-from proxy.logs import get_logger
-from proxy.metrics import Metrics
-from proxy.quotas import Quotas
-from proxy.responses import PREFLIGHT, error_response, passthrough, rate_headers
-from proxy.scheduler import Scheduler, ScopeScheduler
+from proxy.flow.coalesce import Coalescer, Flight, Make
+from proxy.flow.consumers import Consumer, Consumers
+from proxy.flow.responses import PREFLIGHT, error_response, passthrough, rate_headers
+from proxy.ops.logs import get_logger
+from proxy.ops.metrics import Metrics
 from proxy.settings import Settings
-from proxy.upstream import UpstreamResponse
+from proxy.upstream.client import UpstreamResponse
 
 WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 REFRESH_CONSUMER = "pkproxy-refresh"

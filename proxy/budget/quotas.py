@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from proxy.consumers import Consumer
+from proxy.budget.scheduler import ScopeScheduler, ScopeView, wall_ms_in
 from proxy.core.errors import Throttled
 from proxy.core.quota import QuotaBucket
-from proxy.scheduler import ScopeScheduler, ScopeView, wall_ms_in
+from proxy.flow.consumers import Consumer
 
 
 class Quotas:

@@ -11,7 +11,7 @@ from yarl import URL
 from proxy.core.budget import PROFILES, ScopeSpec
 from proxy.core.fairqueue import PRIORITIES
 from proxy.core.routes import known_templates, template_matches
-from proxy.settings_model import (
+from proxy.settings.model import (
     DEFAULT_TTLS,
     DEFAULTS,
     BudgetSettings,

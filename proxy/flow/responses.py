@@ -8,8 +8,8 @@ import math
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.budget.scheduler import ScopeView
 from proxy.core.errors import ProxyError, Throttled
-from proxy.scheduler import ScopeView
 
 CORS = {
     "Access-Control-Allow-Origin": "*",

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import diskcache
 
-from proxy.logs import get_logger
+from proxy.ops.logs import get_logger
 
 _MAGIC = b"PKC1"
 _HEAD = struct.Struct(">4sII")  # magic, crc32 of the rest, length of the JSON meta

@@ -9,32 +9,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.settings_model import (
-    DEFAULTS,
-    BudgetSettings,
-    CacheSettings,
-    ConfigError,
-    ConsumerSettings,
-    ConsumerSpec,
-    LogSettings,
-    ServerSettings,
-    Settings,
-    UpstreamSettings,
-)
-from proxy.settings_validate import build
-
-__all__ = [
-    "BudgetSettings",
-    "CacheSettings",
-    "ConfigError",
-    "ConsumerSettings",
-    "ConsumerSpec",
-    "LogSettings",
-    "ServerSettings",
-    "Settings",
-    "UpstreamSettings",
-    "load_settings",
-]
+from proxy.settings.model import DEFAULTS, ConfigError, Settings
+from proxy.settings.validate import build
 
 ENV_PREFIX = "PKPROXY_"
 # Short environment names that mirror the command-line flags.

@@ -10,12 +10,12 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from proxy.cache import CacheStore
+from proxy.cache.store import CacheStore
 from proxy.core.cachepolicy import cache_key, cache_tag
 from proxy.core.invalidation import parse_json, paths_to_evict
 from proxy.core.routes import Route
-from proxy.logs import get_logger
-from proxy.metrics import Metrics
+from proxy.ops.logs import get_logger
+from proxy.ops.metrics import Metrics
 
 _ME_MEMORY = 10_000
 _ROUNDS = 3
