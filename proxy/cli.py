@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy.app import GATEWAY, create_app
 from proxy.cache.store import open_disk
-from proxy.core.errors import Draining
+from proxy.ops.drain import drain
 from proxy.ops.logs import configure_logging, get_logger
 from proxy.settings import ConfigError, Settings, load_settings
 
@@ -160,24 +160,7 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await _drain(app, site, settings.server.drain_seconds)
+    await drain(app[GATEWAY], site, settings.server.drain_seconds)
     await runner.cleanup()
     log.info("server.stopped")
     return 0
-
-
-async def _drain(app: web.Application, site: web.TCPSite, window: float) -> None:
-    """Refuse new work, serve what is queued while the window lasts, then answer 503."""
-    log = get_logger()
-    gateway = app[GATEWAY]
-    gateway.draining = True
-    await site.stop()  # no new connections
-    log.info("server.draining", queued=gateway.scheduler.queued(), window_s=window)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + window
-    while loop.time() < deadline and (gateway.scheduler.queued() or gateway.forwarder.in_flight):
-        await asyncio.sleep(0.05)
-    failed = gateway.scheduler.fail_all(Draining("503: pkproxy is shutting down"))
-    while gateway.forwarder.in_flight:  # requests already sent upstream finish
-        await asyncio.sleep(0.05)
-    log.info("server.drained", refused=failed)
