@@ -20,26 +20,80 @@ from proxy.ops.drain import drain
 from proxy.ops.logs import configure_logging, get_logger
 from proxy.settings import ConfigError, Settings, load_settings
 
+# The flags every sub-command shares. argparse's usage line shows them before the sub-command
+# and the sub-command's --help after it: both places count, and a flag may be given once.
+_GLOBAL_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--config", {"metavar": "FILE", "help": "TOML configuration file"}),
+    ("--host", {"metavar": "HOST", "help": "address to listen on (default 127.0.0.1)"}),
+    ("--port", {"metavar": "PORT", "type": int, "help": "port to listen on (default 8080)"}),
+    (
+        "--upstream",
+        {"metavar": "URL", "help": "upstream origin (default https://api.pluralkit.me)"},
+    ),
+)
+# A sub-parser writes into its own namespace, which argparse then copies over the main one:
+# given after the sub-command, a flag is stored under this suffix so that neither place
+# overwrites the other, and `parse_args` merges the two.
+_AFTER = "_after_command"
+
+
+class _Once(argparse.Action):
+    """Store a flag's value; the same flag given twice is an error, not a silent overwrite."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            raise argparse.ArgumentError(self, "given more than once")
+        setattr(namespace, self.dest, values)
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    group = parser.add_argument_group("global options (before or after the sub-command)")
+    for flag, options in _GLOBAL_FLAGS:
+        group.add_argument(
+            flag,
+            dest=flag[2:] + (_AFTER if after_command else ""),
+            action=_Once,
+            default=argparse.SUPPRESS if after_command else None,
+            **options,
+        )
+
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    common.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    common.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    common.add_argument(
-        "--upstream", metavar="URL", help="upstream origin (default https://api.pluralkit.me)"
-    )
     parser = argparse.ArgumentParser(
         prog="pkproxy",
-        parents=[common],
         description="Caching, rate-limit-aware reverse proxy for the PluralKit API v2.",
     )
+    _add_global_flags(parser, after_command=False)
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", parents=[common], help="run the proxy (the default)")
-    sub.add_parser("check-config", parents=[common], help="validate and print the configuration")
-    cache = sub.add_parser("cache", parents=[common], help="inspect or clear the disk cache")
+    commands = [
+        sub.add_parser("serve", help="run the proxy (the default)"),
+        sub.add_parser("check-config", help="validate and print the configuration"),
+        cache := sub.add_parser("cache", help="inspect or clear the disk cache"),
+    ]
     cache.add_argument("action", choices=["stats", "clear"])
+    for command in commands:
+        _add_global_flags(command, after_command=True)
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; global flags count before or after the sub-command, once."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag, _ in _GLOBAL_FLAGS:
+        after = args.__dict__.pop(flag[2:] + _AFTER, None)
+        if after is None:
+            continue
+        if getattr(args, flag[2:]) is not None:
+            parser.error(f"argument {flag}: given both before and after the sub-command")
+        setattr(args, flag[2:], after)
+    return args
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,7 +115,7 @@ def _masked(settings: Settings) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         settings = _settings(args)
     except ConfigError as error:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from proxy.cli import main, parse_args
 from tests.conftest import MakeProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +44,6 @@ async def test_cache_stats_reports_the_running_proxys_hit_ratio(
         async with http.get(proxy.make_url("/v2/members/abcde")) as r:
             assert r.status == 200
     env = {"PKPROXY_CACHE_DIRECTORY": str(tmp_path / "cache"), "PKPROXY_PORT": str(proxy.port)}
-    import asyncio
-
     result = await asyncio.to_thread(pkproxy, "cache", "stats", env=env)
     stats = json.loads(result.stdout)
     assert stats["entries"] == 1
@@ -59,3 +65,124 @@ async def test_cache_stats_and_clear(
     cleared = pkproxy("cache", "clear", env=env)
     assert cleared.returncode == 0 and json.loads(cleared.stdout)["removed"] == 2
     assert json.loads(pkproxy("cache", "stats", env=env).stdout)["entries"] == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def no_pkproxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith("PKPROXY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "a.toml", "--host", "::1", "--port", "9", "--upstream", "http://u", "serve"],
+        ["serve", "--config", "a.toml", "--host", "::1", "--port", "9", "--upstream", "http://u"],
+        ["--config", "a.toml", "--port", "9", "serve", "--host", "::1", "--upstream", "http://u"],
+    ],
+)
+def test_global_flags_count_before_and_after_the_sub_command(argv: list[str]) -> None:
+    """Each global flag keeps its value wherever it stands around the sub-command."""
+    args = parse_args(argv)
+    assert (args.command, args.config, args.host, args.port, args.upstream) == (
+        "serve",
+        "a.toml",
+        "::1",
+        9,
+        "http://u",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "1", "check-config", "--port", "2"], "--port: given both before and after"),
+        (["--port", "1", "--port", "2", "check-config"], "--port: given more than once"),
+        (["cache", "stats", "--config", "a", "--config", "b"], "--config: given more than once"),
+    ],
+)
+def test_a_global_flag_given_twice_is_an_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag given twice, in one place or on both sides of the sub-command, exits 2."""
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_pkproxy_env")
+def test_check_config_reports_a_bad_file_named_before_the_sub_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pkproxy --config bad.toml check-config` names the file's problems and exits 2."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[server]\nport = "eighty"\n[budget]\nmargin = -1\n')
+    assert main(["--config", str(config), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "server.port" in err and "budget.margin" in err and "configuration OK" not in err
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+async def test_cache_stats_finds_the_running_proxy_by_a_port_flag(
+    make_proxy: MakeProxy, http: aiohttp.ClientSession, tmp_path: Path, before: bool
+) -> None:
+    """`pkproxy --port N cache stats` and `pkproxy cache stats --port N` both ask that proxy."""
+    proxy = await make_proxy()
+    async with http.get(proxy.make_url("/v2/members/abcde")) as r:
+        assert r.status == 200
+    port = ["--port", str(proxy.port)]
+    argv = [*port, "cache", "stats"] if before else ["cache", "stats", *port]
+    env = {"PKPROXY_CACHE_DIRECTORY": str(tmp_path / "cache")}
+    result = await asyncio.to_thread(pkproxy, *argv, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["running"]["lookups"] == 1
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            assert process.poll() is None, "pkproxy exited"
+            assert time.monotonic() < deadline, "pkproxy is not serving at " + url
+            time.sleep(0.1)
+
+
+def test_serve_honours_a_config_file_named_before_the_sub_command(tmp_path: Path) -> None:
+    """`pkproxy --config FILE serve` listens where FILE says and enforces its consumer keys."""
+    port = free_port()
+    config = tmp_path / "pkproxy.toml"
+    config.write_text(
+        f'[server]\nport = {port}\n[upstream]\nurl = "http://127.0.0.1:9"\n'
+        f'[cache]\ndirectory = "{tmp_path / "cache"}"\n'
+        '[consumers]\nrequire_key = true\nkeys = [{name = "bot", key = "long-enough-key"}]\n'
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PKPROXY_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "--config", str(config), "serve"],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", process)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/members/abcde", timeout=5)
+        refused.value.close()
+        assert refused.value.code == 401  # require_key came from the file
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
