@@ -1,3 +1,8 @@
 """pkproxy: a caching, rate-limit-aware reverse proxy for the PluralKit API v2."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("pkproxy")  # one source of truth: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

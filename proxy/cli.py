@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import sys
+import textwrap
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -14,11 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import __version__
 from proxy.app import GATEWAY, create_app
 from proxy.cache.store import open_disk
 from proxy.ops.drain import drain
 from proxy.ops.logs import configure_logging, get_logger
 from proxy.settings import ConfigError, Settings, load_settings
+from proxy.settings.load import ENV_ALIASES
+from proxy.settings.model import DEFAULTS
 
 # The flags every sub-command shares. argparse's usage line shows them before the sub-command
 # and the sub-command's --help after it: both places count, and a flag may be given once.
@@ -64,11 +68,48 @@ def _add_global_flags(parser: argparse.ArgumentParser, *, after_command: bool) -
         )
 
 
+def _epilog() -> str:
+    """Where the other inputs are: the environment variables and the control headers."""
+    settings = "\n".join(
+        textwrap.fill(
+            " ".join(keys),
+            width=92,
+            initial_indent=f"    {section:<10}",
+            subsequent_indent=" " * 14,
+        )
+        for section, keys in DEFAULTS.items()
+    )
+    short = [f"{name} ({section}.{key})" for name, (section, key) in ENV_ALIASES.items()]
+    short_names = textwrap.fill(
+        ", ".join(["PKPROXY_CONFIG (--config)", *short]),
+        width=92,
+        initial_indent="  Short names: ",
+        subsequent_indent="    ",
+    )
+    return f"""\
+environment:
+  Every setting is also PKPROXY_<SECTION>_<KEY> (lists and tables as JSON), for example
+  PKPROXY_BUDGET_PROFILE=pluralkit. Precedence: defaults < --config FILE < environment < flags.
+{short_names}.
+  Sections and keys:
+{settings}
+  config/pkproxy.toml and the README ("Configuration") document each one.
+
+control headers (per request, stripped before forwarding; README "Control headers"):
+  X-PKProxy-Max-Wait: <ms>    how long it may queue (at most budget.max_wait_ceiling_ms)
+  X-PKProxy-Priority: interactive|normal|background    lane within the consumer's share
+  X-PKProxy-Key: <key>        identifies a configured consumer ([consumers] keys)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pkproxy",
         description="Caching, rate-limit-aware reverse proxy for the PluralKit API v2.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_flags(parser, after_command=False)
     sub = parser.add_subparsers(dest="command")
     commands = [

@@ -14,7 +14,7 @@ from proxy.settings.validate import build
 
 ENV_PREFIX = "PKPROXY_"
 # Short environment names that mirror the command-line flags.
-_ENV_ALIASES = {
+ENV_ALIASES = {
     "PKPROXY_HOST": ("server", "host"),
     "PKPROXY_PORT": ("server", "port"),
     "PKPROXY_UPSTREAM": ("upstream", "url"),
@@ -77,7 +77,7 @@ def _from_env(env: Mapping[str, str], problems: list[str]) -> dict[str, dict[str
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name in _ENV_IGNORED:
             continue
-        target = _ENV_ALIASES.get(name) or _env_target(name)
+        target = ENV_ALIASES.get(name) or _env_target(name)
         if target is None:
             problems.append(f"environment: unknown variable {name}")
             continue

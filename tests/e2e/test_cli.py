@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -186,3 +187,30 @@ def test_serve_honours_a_config_file_named_before_the_sub_command(tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pkproxy --version` prints the version pyproject.toml declares, and exits 0."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pkproxy {declared}"
+
+
+def test_help_lists_the_environment_variables_and_control_headers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--help` names the PKPROXY_* variables, every setting, the control headers, and README
+    sections that exist."""
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in ("PKPROXY_<SECTION>_<KEY>", "PKPROXY_CONFIG", "PKPROXY_HOST", "PKPROXY_PORT"):
+        assert name in text, name
+    for name in ("PKPROXY_UPSTREAM", "PKPROXY_CACHE_DIR", "max_wait_ceiling_ms", "trusted_proxies"):
+        assert name in text, name
+    for header in ("X-PKProxy-Max-Wait", "X-PKProxy-Priority", "X-PKProxy-Key"):
+        assert header in text, header
+    readme = (ROOT / "README.md").read_text()
+    assert "## Configuration" in readme and "## Control headers" in readme
