@@ -91,6 +91,9 @@ environment:
   Every setting is also PKPROXY_<SECTION>_<KEY> (lists and tables as JSON), for example
   PKPROXY_BUDGET_PROFILE=pluralkit. Precedence: defaults < --config FILE < environment < flags.
 {short_names}.
+  Unknown PKPROXY_* names are errors, except the service-link variables Kubernetes injects
+  for a Service named pkproxy (PKPROXY_SERVICE_*, PKPROXY_PORT=tcp://..., PKPROXY_PORT_*_TCP*):
+  those are ignored with a warning.
   Sections and keys:
 {settings}
   config/pkproxy.toml and the README ("Configuration") document each one.
@@ -152,7 +155,22 @@ def _masked(settings: Settings) -> dict[str, Any]:
     data["consumers"]["trusted_proxies"] = [str(n) for n in settings.consumers.trusted_proxies]
     data["upstream"]["url"] = str(settings.upstream.url)
     data["cache"]["ttl"] = dict(settings.cache.ttl)
+    del data["ignored_env"]  # not a setting; check-config says it on stderr
     return data
+
+
+_LINKS_HINT = (
+    "Kubernetes service-link variables of a Service named pkproxy, not settings: "
+    "set enableServiceLinks: false in the pod spec"
+)
+
+
+def warn_ignored_env(settings: Settings) -> None:
+    """One warning naming the service-link variables load_settings ignored, if any."""
+    if settings.ignored_env:
+        get_logger().warning(
+            "config.service_links_ignored", variables=list(settings.ignored_env), hint=_LINKS_HINT
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"pkproxy: {error}", file=sys.stderr)
         return 2
+    if args.command in {"check-config", "cache"} and settings.ignored_env:  # no log on stdout
+        print(f"pkproxy: ignored {', '.join(settings.ignored_env)}: {_LINKS_HINT}", file=sys.stderr)
     if args.command == "check-config":
         print(json.dumps(_masked(settings), indent=2, default=str))
         print("configuration OK", file=sys.stderr)
@@ -169,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "cache":
         return _cache_command(settings, args.action)
     configure_logging(settings.log.level, settings.log.format)
+    warn_ignored_env(settings)
     return _run(serve(settings), settings.server.event_loop)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +23,14 @@ ENV_ALIASES = {
     "PKPROXY_CACHE_DIR": ("cache", "directory"),
 }
 _ENV_IGNORED = frozenset({"PKPROXY_CONFIG"})
+# What Kubernetes injects into every pod of a namespace that has a Service named "pkproxy"
+# (service links, unless the pod sets enableServiceLinks: false). Only these exact shapes
+# are ignored: PKPROXY_PORT=9000 stays the port, and any other unknown name is an error.
+_SERVICE_LINK_NAME = re.compile(
+    r"PKPROXY_SERVICE_(?:HOST|PORT(?:_[A-Z0-9_]+)?)"  # _PORT_<NAME>: a named port
+    r"|PKPROXY_PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?"
+)
+_SERVICE_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://\S+:\d+")  # PKPROXY_PORT=tcp://10.0.0.1:80
 
 
 def load_settings(
@@ -35,13 +45,22 @@ def load_settings(
     config_file = config_file or env.get("PKPROXY_CONFIG") or None
     if config_file:
         _merge(raw, _read_toml(config_file, problems), problems, config_file)
-    _merge(raw, _from_env(env, problems), problems, "environment")
+    links = sorted(name for name, value in env.items() if is_service_link(name, value))
+    ours = {name: value for name, value in env.items() if name not in links}
+    _merge(raw, _from_env(ours, problems), problems, "environment")
     for section, values in (overrides or {}).items():
         raw[section].update({k: v for k, v in values.items() if v is not None})
     settings = build(raw, problems)
     if problems or settings is None:
         raise ConfigError(problems)
-    return settings
+    return dataclasses.replace(settings, ignored_env=tuple(links))
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """A variable Kubernetes injects for a Service named pkproxy, not a setting."""
+    if name == "PKPROXY_PORT":
+        return _SERVICE_LINK_URL.fullmatch(value) is not None
+    return _SERVICE_LINK_NAME.fullmatch(name) is not None
 
 
 def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:

@@ -176,3 +176,5 @@ class Settings:
     consumers: ConsumerSettings
     log: LogSettings
     source: str = "defaults"
+    # Kubernetes service-link variables found and ignored: the caller warns about them.
+    ignored_env: tuple[str, ...] = ()

@@ -13,6 +13,8 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -147,16 +149,33 @@ async def test_cache_stats_finds_the_running_proxy_by_a_port_flag(
     assert json.loads(result.stdout)["running"]["lookups"] == 1
 
 
-def wait_until_serving(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while True:
+@contextmanager
+def serving(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[None]:
+    """`python -m proxy ARGV` (stdout to LOG) until it answers /healthz on PORT; after the
+    block, SIGTERM, and it must exit 0."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PKPROXY_")}
+    with (
+        log.open("w") as stdout,
+        subprocess.Popen(
+            [sys.executable, "-m", "proxy", *argv], cwd=ROOT, env={**clean, **env}, stdout=stdout
+        ) as process,
+    ):
         try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            assert process.poll() is None, "pkproxy exited"
-            assert time.monotonic() < deadline, "pkproxy is not serving at " + url
-            time.sleep(0.1)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                        break
+                except OSError:
+                    assert process.poll() is None, "pkproxy exited"
+                    assert time.monotonic() < deadline, f"pkproxy is not serving on {port}"
+                    time.sleep(0.1)
+            yield
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_serve_honours_a_config_file_named_before_the_sub_command(tmp_path: Path) -> None:
@@ -168,25 +187,35 @@ def test_serve_honours_a_config_file_named_before_the_sub_command(tmp_path: Path
         f'[cache]\ndirectory = "{tmp_path / "cache"}"\n'
         '[consumers]\nrequire_key = true\nkeys = [{name = "bot", key = "long-enough-key"}]\n'
     )
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PKPROXY_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "--config", str(config), "serve"],
-        cwd=ROOT,
-        env=clean,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}/healthz", process)
+    with serving(["--config", str(config), "serve"], port, {}, tmp_path / "log"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/members/abcde", timeout=5)
         refused.value.close()
         assert refused.value.code == 401  # require_key came from the file
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+
+def test_serve_starts_despite_service_links_and_warns_once(tmp_path: Path) -> None:
+    """With a Service named pkproxy in the namespace, pkproxy starts and logs one warning."""
+    port = free_port()
+    links = {
+        "PKPROXY_SERVICE_HOST": "10.0.0.1",
+        "PKPROXY_SERVICE_PORT": "8080",
+        "PKPROXY_PORT": "tcp://10.0.0.1:8080",
+        "PKPROXY_PORT_8080_TCP_ADDR": "10.0.0.1",
+    }
+    env = {
+        **links,
+        "PKPROXY_UPSTREAM": "http://127.0.0.1:9",
+        "PKPROXY_CACHE_DIRECTORY": str(tmp_path / "cache"),
+    }
+    with serving(["--port", str(port)], port, env, tmp_path / "log"):
+        pass
+    events = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    warnings = [e for e in events if e["event"] == "config.service_links_ignored"]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+    assert warnings[0]["variables"] == sorted(links)
+    assert "enableServiceLinks: false" in warnings[0]["hint"]
+    assert any(e["event"] == "server.started" and e["port"] == port for e in events)
 
 
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +243,16 @@ def test_help_lists_the_environment_variables_and_control_headers(
         assert header in text, header
     readme = (ROOT / "README.md").read_text()
     assert "## Configuration" in readme and "## Control headers" in readme
+
+
+@pytest.mark.usefixtures("no_pkproxy_env")
+def test_check_config_names_ignored_service_links_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config accepts service links, says so on stderr, and keeps stdout pure JSON."""
+    monkeypatch.setenv("PKPROXY_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("PKPROXY_PORT", "tcp://10.0.0.1:8080")
+    assert main(["check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["server"]["port"] == 8080
+    assert "PKPROXY_PORT, PKPROXY_SERVICE_HOST" in err and "enableServiceLinks: false" in err
