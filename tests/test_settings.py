@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -88,3 +90,57 @@ def test_ignored_service_links_give_one_warning_naming_enable_service_links() ->
     assert event["event"] == "config.service_links_ignored" and event["log_level"] == "warning"
     assert event["variables"] == sorted(SERVICE_LINKS)
     assert "enableServiceLinks: false" in event["hint"]
+
+
+def problems_of(path: Path, text: str) -> list[str]:
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(path), env={})
+    return error.value.problems
+
+
+def test_an_invalid_default_priority_is_reported_once(tmp_path: Path) -> None:
+    """A bad consumers.default_priority is named where it is, not again against each key."""
+    problems = problems_of(
+        tmp_path / "c.toml",
+        '[consumers]\ndefault_priority = "urgent"\n'
+        'keys = [{name = "a", key = "aaaaaaaa"}, {name = "b", key = "bbbbbbbb"}]\n',
+    )
+    assert problems == ["consumers.default_priority must be one of interactive, normal, background"]
+
+
+def test_duplicates_are_reported_with_the_entries_other_problems(tmp_path: Path) -> None:
+    """Duplicate consumer names and keys and scope names are named alongside the entries' own
+    problems (not only once those are fixed), and a key is never printed."""
+    problems = problems_of(
+        tmp_path / "c.toml",
+        '[budget]\nscopes = [{name = "a", rate = 1}, {name = "a", rate = 0}]\n'
+        "[consumers]\nkeys = [\n"
+        '  {name = "bot", key = "secret-key-1"},\n'
+        '  {name = "bot", key = "short"},\n'
+        '  {name = "other", key = "secret-key-1", weight = -1},\n'
+        "]\n",
+    )
+    assert problems == [
+        "budget.scopes[1]: rate must be a number > 0",
+        "budget.scopes[1]: name 'a' is already used by budget.scopes[0]",
+        "consumers.keys[1]: key must be a string of at least 8 characters",
+        "consumers.keys[2]: weight must be a number > 0",
+        "consumers.keys[1]: name 'bot' is already used by consumers.keys[0]",
+        "consumers.keys[2]: key is already used by consumers.keys[0]",
+    ]
+    assert not any("secret-key-1" in problem for problem in problems)
+
+
+def test_a_malformed_upstream_url_is_named_and_other_sections_still_checked(
+    tmp_path: Path,
+) -> None:
+    """A URL that yarl refuses outright is reported as upstream.url, and the sections after
+    it are still validated."""
+    problems = problems_of(
+        tmp_path / "c.toml", '[upstream]\nurl = "http://[bad"\n[log]\nlevel = "loud"\n'
+    )
+    assert problems == [
+        "upstream.url must be an http(s) origin, got 'http://[bad'",
+        "log.level must be one of debug, info, warning, error",
+    ]

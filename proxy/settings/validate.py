@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from yarl import URL
@@ -28,18 +28,51 @@ from proxy.settings.model import (
 
 def build(raw: dict[str, dict[str, Any]], problems: list[str]) -> Settings | None:
     check = _Checker(problems)
-    try:
-        return Settings(
-            server=_build_server(raw["server"], check),
-            upstream=_build_upstream(raw["upstream"], check),
-            budget=_build_budget(raw["budget"], check),
-            cache=_build_cache(raw["cache"], check),
-            consumers=_build_consumers(raw["consumers"], check),
-            log=_build_log(raw["log"], check),
-        )
-    except (TypeError, ValueError) as exc:  # a shape so wrong a section cannot be built
-        problems.append(str(exc))
+    sections = {
+        "server": _section(_build_server, raw, "server", check),
+        "upstream": _section(_build_upstream, raw, "upstream", check),
+        "budget": _section(_build_budget, raw, "budget", check),
+        "cache": _section(_build_cache, raw, "cache", check),
+        "consumers": _section(_build_consumers, raw, "consumers", check),
+        "log": _section(_build_log, raw, "log", check),
+    }
+    if any(value is None for value in sections.values()):
         return None
+    return Settings(**sections)
+
+
+def _section(
+    builder: Callable[[Mapping[str, Any], _Checker], Any],
+    raw: Mapping[str, Mapping[str, Any]],
+    name: str,
+    check: _Checker,
+) -> Any:
+    """Build one section; a shape so wrong that it cannot be built is named, and the other
+    sections are still checked, so that every problem is reported at once."""
+    try:
+        return builder(raw[name], check)
+    except (TypeError, ValueError) as exc:
+        check.problems.append(f"[{name}]: {exc}")
+        return None
+
+
+def _duplicates(items: Any, field: str, where: str, secret: bool = False) -> list[str]:
+    """`where[i]: <field> ... is already used by where[j]`, from the raw entries, so that a
+    duplicate is reported together with the entries' other problems, not after they are fixed."""
+    if not isinstance(items, list):
+        return []
+    first: dict[Any, int] = {}
+    found = []
+    for index, item in enumerate(items):
+        value = item.get(field) if isinstance(item, Mapping) else None
+        if not isinstance(value, str) or not value:
+            continue
+        if value in first:
+            shown = field if secret else f"{field} {value!r}"  # a key is never printed
+            found.append(f"{where}[{index}]: {shown} is already used by {where}[{first[value]}]")
+        else:
+            first[value] = index
+    return found
 
 
 class _Checker:
@@ -102,8 +135,12 @@ def _build_server(raw: Mapping[str, Any], c: _Checker) -> ServerSettings:
 
 def _build_upstream(raw: Mapping[str, Any], c: _Checker) -> UpstreamSettings:
     text = c.text(raw, "upstream", "url")
-    url = URL(text)
-    if url.scheme not in {"http", "https"} or not url.host or url.path not in {"", "/"}:
+    try:
+        url = URL(text)
+        origin = url.scheme in {"http", "https"} and bool(url.host) and url.path in {"", "/"}
+    except ValueError:  # yarl refuses some malformed URLs outright ("http://[bad")
+        origin = False
+    if not origin:
         c.problems.append(f"upstream.url must be an http(s) origin, got {text!r}")
         url = URL(DEFAULTS["upstream"]["url"])
     agent = c.text(raw, "upstream", "user_agent")
@@ -166,9 +203,7 @@ def _build_budget(raw: Mapping[str, Any], c: _Checker) -> BudgetSettings:
     elif scopes_raw:
         built = [_build_scope(item, i, c) for i, item in enumerate(scopes_raw)]
         scopes = tuple(s for s in built if s is not None) or scopes
-        names = [s.name for s in scopes]
-        if len(set(names)) != len(names):
-            c.problems.append("budget.scopes: scope names must be unique")
+        c.problems.extend(_duplicates(scopes_raw, "name", "budget.scopes"))
     default_wait = c.number(raw, "budget", "default_max_wait_ms", 0, integer=True)
     ceiling = c.number(raw, "budget", "max_wait_ceiling_ms", 0, integer=True)
     if isinstance(default_wait, int) and isinstance(ceiling, int) and default_wait > ceiling:
@@ -179,6 +214,7 @@ def _build_budget(raw: Mapping[str, Any], c: _Checker) -> BudgetSettings:
     return BudgetSettings(
         profile=profile,
         margin=float(margin),
+        reserve=float(c.number(raw, "budget", "reserve", 0)),
         default_max_wait_ms=default_wait,
         max_wait_ceiling_ms=ceiling,
         max_queue=c.number(raw, "budget", "max_queue", 1, integer=True),
@@ -259,6 +295,8 @@ def _build_consumer(
 
 def _build_consumers(raw: Mapping[str, Any], c: _Checker) -> ConsumerSettings:
     priority = c.text(raw, "consumers", "default_priority", PRIORITIES)
+    # An invalid default is reported once, here, not again against every key that uses it.
+    key_default = priority if priority in PRIORITIES else DEFAULTS["consumers"]["default_priority"]
     networks = []
     proxies = raw["trusted_proxies"]
     for entry in proxies if isinstance(proxies, list) else [proxies]:
@@ -271,10 +309,10 @@ def _build_consumers(raw: Mapping[str, Any], c: _Checker) -> ConsumerSettings:
     if not isinstance(keys_raw, list):
         c.problems.append("consumers.keys must be a list of tables")
     else:
-        built = [_build_consumer(item, i, c, priority) for i, item in enumerate(keys_raw)]
+        built = [_build_consumer(item, i, c, key_default) for i, item in enumerate(keys_raw)]
         specs = [s for s in built if s is not None]
-    if len({s.name for s in specs}) != len(specs) or len({s.key for s in specs}) != len(specs):
-        c.problems.append("consumers.keys: names and keys must be unique")
+        c.problems.extend(_duplicates(keys_raw, "name", "consumers.keys"))
+        c.problems.extend(_duplicates(keys_raw, "key", "consumers.keys", secret=True))
     require = c.flag(raw, "consumers", "require_key")
     if require and not specs and isinstance(keys_raw, list) and not keys_raw:
         c.problems.append("consumers.require_key is true but no consumers.keys are configured")
