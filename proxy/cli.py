@@ -105,6 +105,15 @@ control headers (per request, stripped before forwarding; README "Control header
 """
 
 
+_CACHE_HELP = """\
+Acts on the cache.directory of the configuration given here (--config, --port, PKPROXY_*):
+give the same flags and variables as the instance you mean. Unset, the directory is
+$XDG_CACHE_HOME/pkproxy/<port> (~/.cache/pkproxy/<port>): one per port, so that
+`pkproxy --port 9000 cache clear` empties that instance's disk tier only. Instances
+configured with the same cache.directory share it, and `clear` empties it for all of them.
+A running proxy keeps its memory tier until it restarts."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pkproxy",
@@ -118,9 +127,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = [
         sub.add_parser("serve", help="run the proxy (the default)"),
         sub.add_parser("check-config", help="validate and print the configuration"),
-        cache := sub.add_parser("cache", help="inspect or clear the disk cache"),
+        cache := sub.add_parser(
+            "cache",
+            help="inspect or clear the disk cache",
+            description=_CACHE_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ),
     ]
-    cache.add_argument("action", choices=["stats", "clear"])
+    cache.add_argument(
+        "action",
+        choices=["stats", "clear"],
+        help="stats: entries and bytes on disk, plus the hit ratio of a proxy running at the "
+        "configured address; clear: empty the disk tier",
+    )
     for command in commands:
         _add_global_flags(command, after_command=True)
     return parser

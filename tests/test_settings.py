@@ -144,3 +144,15 @@ def test_a_malformed_upstream_url_is_named_and_other_sections_still_checked(
         "upstream.url must be an http(s) origin, got 'http://[bad'",
         "log.level must be one of debug, info, warning, error",
     ]
+
+
+def test_the_default_cache_directory_is_one_per_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, cache.directory is $XDG_CACHE_HOME/pkproxy/<port>; a set one is kept as is."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert load_settings(env={}).cache.directory == str(tmp_path / "pkproxy" / "8080")
+    on_9000 = load_settings(env={"PKPROXY_PORT": "9000"})
+    assert on_9000.cache.directory == str(tmp_path / "pkproxy" / "9000")
+    chosen = load_settings(env={"PKPROXY_PORT": "9000", "PKPROXY_CACHE_DIR": "/srv/c"})
+    assert chosen.cache.directory == "/srv/c"

@@ -15,9 +15,11 @@ from proxy.core.budget import ScopeSpec
 from proxy.core.routes import template_matches
 
 
-def default_cache_dir() -> str:
+def default_cache_dir(port: int) -> str:
+    """One directory per port: instances of one user on one machine do not share a disk tier,
+    and `pkproxy --port N cache clear` empties that instance's only."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "pkproxy")
+    return str(Path(base) / "pkproxy" / str(port))
 
 
 DEFAULT_TTLS: dict[str, float] = {
@@ -55,7 +57,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "budget": {
         "profile": "seed",
-        "margin": 0.05,
+        "margin": 0.02,
+        "reserve": 2.0,
         "default_max_wait_ms": 10_000,
         "max_wait_ceiling_ms": 60_000,
         "max_queue": 1000,
@@ -115,7 +118,8 @@ class UpstreamSettings:
 @dataclass(frozen=True, slots=True)
 class BudgetSettings:
     profile: str
-    margin: float
+    margin: float  # timing safety, as a fraction of one interval
+    reserve: float  # tokens of a burst left for other programs on the IP
     default_max_wait_ms: int
     max_wait_ceiling_ms: int
     max_queue: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from yarl import URL
@@ -28,11 +29,13 @@ from proxy.settings.model import (
 
 def build(raw: dict[str, dict[str, Any]], problems: list[str]) -> Settings | None:
     check = _Checker(problems)
+    server = _section(_build_server, raw, "server", check)
+    port = server.port if server is not None else DEFAULTS["server"]["port"]
     sections = {
-        "server": _section(_build_server, raw, "server", check),
+        "server": server,
         "upstream": _section(_build_upstream, raw, "upstream", check),
         "budget": _section(_build_budget, raw, "budget", check),
-        "cache": _section(_build_cache, raw, "cache", check),
+        "cache": _section(partial(_build_cache, port=port), raw, "cache", check),
         "consumers": _section(_build_consumers, raw, "consumers", check),
         "log": _section(_build_log, raw, "log", check),
     }
@@ -222,7 +225,7 @@ def _build_budget(raw: Mapping[str, Any], c: _Checker) -> BudgetSettings:
     )
 
 
-def _build_cache(raw: Mapping[str, Any], c: _Checker) -> CacheSettings:
+def _build_cache(raw: Mapping[str, Any], c: _Checker, port: int) -> CacheSettings:
     ttl_raw = raw["ttl"]
     ttl: dict[str, float] = dict(DEFAULT_TTLS)
     if not isinstance(ttl_raw, Mapping):
@@ -235,7 +238,7 @@ def _build_cache(raw: Mapping[str, Any], c: _Checker) -> CacheSettings:
                 c.problems.append(f"cache.ttl.{route!r} must be a number of seconds >= 0")
             else:
                 ttl = {route: float(seconds), **{k: v for k, v in ttl.items() if k != route}}
-    directory = c.text(raw, "cache", "directory") or default_cache_dir()
+    directory = c.text(raw, "cache", "directory") or default_cache_dir(port)
     return CacheSettings(
         enabled=c.flag(raw, "cache", "enabled"),
         directory=directory,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+import diskcache
 import pytest
 
 from proxy.cli import main, parse_args
@@ -256,3 +257,23 @@ def test_check_config_names_ignored_service_links_on_stderr(
     out, err = capsys.readouterr()
     assert json.loads(out)["server"]["port"] == 8080
     assert "PKPROXY_PORT, PKPROXY_SERVICE_HOST" in err and "enableServiceLinks: false" in err
+
+
+@pytest.mark.usefixtures("no_pkproxy_env")
+def test_cache_clear_empties_only_the_default_directory_of_its_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two instances on the default directory, ports 9000 and 9001: clearing one leaves the
+    other's disk tier alone; `cache --help` says how the directory is chosen."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for port in ("9000", "9001"):
+        with diskcache.Cache(str(tmp_path / "pkproxy" / port)) as disk:
+            disk.set("/v2/members/abcde", b"{}")
+    assert main(["--port", "9000", "cache", "clear"]) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared == {"directory": str(tmp_path / "pkproxy" / "9000"), "removed": 1}
+    with diskcache.Cache(str(tmp_path / "pkproxy" / "9001")) as disk:
+        assert len(disk) == 1
+    with pytest.raises(SystemExit):
+        parse_args(["cache", "--help"])
+    assert "pkproxy/<port>" in capsys.readouterr().out
