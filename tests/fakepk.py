@@ -3,16 +3,22 @@
 Its limiter is PluralKit's GCRA (ratelimit.lua) including the quirk that matters most to a
 proxy: `remaining` is truncated to an integer and a request is let through only when it is
 > 0, so a request that lands at the boundary is rejected with 429 *and still charged*.
-Every request's arrival time, method, path and headers are recorded.
+Like PluralKit, it answers OPTIONS, /v1, paths outside its route table and requests
+without a User-Agent before the limiter runs: those are not charged and carry no rate
+headers. A request whose `Authorization` token targets the token's own system is charged
+to an `own_system_get`/`own_system_update` bucket keyed by that system instead of the IP.
+Every request's arrival time, method, path, headers and bucket are recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,47 @@ def pluralkit_scope(method: str, path: str) -> str:
     return "generic_update"
 
 
+# PluralKit's route table (crates/api/src/main.rs), paths only: anything else is answered
+# 404 with an empty body by `ignore_invalid_routes`, which runs before the rate limiter.
+_ROUTE_TEMPLATES = (
+    "/v2/systems/{}",
+    "/v2/systems/{}/settings",
+    "/v2/systems/{}/members",
+    "/v2/systems/{}/groups",
+    "/v2/systems/{}/switches",
+    "/v2/systems/{}/fronters",
+    "/v2/systems/{}/switches/{}",
+    "/v2/systems/{}/switches/{}/members",
+    "/v2/systems/{}/guilds/{}",
+    "/v2/systems/{}/autoproxy",
+    "/v2/systems/{}/oembed.json",
+    "/v2/members",
+    "/v2/members/{}",
+    "/v2/members/{}/groups",
+    "/v2/members/{}/groups/add",
+    "/v2/members/{}/groups/remove",
+    "/v2/members/{}/groups/overwrite",
+    "/v2/members/{}/guilds/{}",
+    "/v2/members/{}/oembed.json",
+    "/v2/groups",
+    "/v2/groups/{}",
+    "/v2/groups/{}/members",
+    "/v2/groups/{}/members/add",
+    "/v2/groups/{}/members/remove",
+    "/v2/groups/{}/members/overwrite",
+    "/v2/groups/{}/oembed.json",
+    "/v2/messages/{}",
+)
+_ROUTES = tuple(
+    re.compile("[^/]+".join(re.escape(part) for part in t.split("{}"))) for t in _ROUTE_TEMPLATES
+)
+
+
+def is_known_route(path: str) -> bool:
+    """Whether PluralKit's router knows `path` (else: 404, not rate-checked)."""
+    return any(route.fullmatch(path) for route in _ROUTES)
+
+
 @dataclass
 class Arrival:
     at: float  # time.monotonic()
@@ -40,7 +87,8 @@ class Arrival:
     headers: list[tuple[str, str]]
     body: bytes
     status: int = 0
-    scope: str = ""
+    scope: str = ""  # the bucket's scope; "" when the request was not rate-checked
+    bucket: str = ""  # the key charged: "<ip>:<scope>" or "<system id>:own_system_*"
 
 
 @dataclass
@@ -60,7 +108,9 @@ class Gcra:
         if remaining < 0:
             return False, 0, -diff, tat - now  # rejected, nothing stored
         self.tat[key] = new_tat  # counted, even if the server rejects it below
-        truncated = int(remaining)
+        # PluralKit documents that an idle bucket of rate R takes R-1 at once: at rate 2 an
+        # idle request lands at exactly remaining 1.0, which float rounding must not lose.
+        truncated = int(remaining + 1e-9)
         return truncated > 0, truncated, 0.0, new_tat - now
 
 
@@ -108,6 +158,9 @@ class FakePluralKit:
         self.extra_headers: dict[str, dict[str, str]] = {}
         self.force_status: dict[str, tuple[int, bytes]] = {}
         self.reset_in_ms = False
+        # Opt-in: a request carrying this header is charged to the bucket of the IP its value
+        # names, so that a second client can share the proxy's bucket or use another one.
+        self.key_header: str | None = None
         self.systems = {
             "exmpl": _system("exmpl", "11111111-1111-4111-8111-111111111111", "Example", False),
             "prvsy": _system("prvsy", "22222222-2222-4222-8222-222222222222", "Private", True),
@@ -150,10 +203,12 @@ class FakePluralKit:
     def upstream_arrivals(self, status: int | None = None) -> list[Arrival]:
         return [a for a in self.arrivals if status is None or a.status == status]
 
-    def max_in_window(self, window: float = 1.0, scope: str | None = None) -> int:
-        """The largest number of arrivals in any window of `window` seconds (half-open)."""
+    def max_in_window(self, window: float = 1.0, scope: str | Collection[str] | None = None) -> int:
+        """The largest number of arrivals in any window of `window` seconds (half-open),
+        counting only those charged to `scope` (one name or several) when it is given."""
+        scopes = {scope} if isinstance(scope, str) else scope
         return max_in_window(
-            [a.at for a in self.arrivals if scope is None or a.scope == scope], window
+            [a.at for a in self.arrivals if scopes is None or a.scope in scopes], window
         )
 
     # -- the server -------------------------------------------------------------------
@@ -192,18 +247,19 @@ class FakePluralKit:
         self, request: web.Request, arrival: Arrival, body: bytes
     ) -> web.StreamResponse:
         path = request.path
+        # In PluralKit's order: CORS, then ignore_invalid_routes, then the rate limiter.
         if request.method == "OPTIONS":
             return web.Response(status=200)
-        if "User-Agent" not in request.headers:
-            return web.Response(status=400)
         if path.startswith("/v1/"):
             return _error(410, "Unsupported API version", 0)
-        scope = self.scope_of(request.method, path)
-        arrival.scope = scope
-        rate = self.scopes[scope]
-        peer = request.remote or "?"
+        if not is_known_route(path):
+            return web.Response(status=404)
+        if "User-Agent" not in request.headers:
+            return web.Response(status=400)
+        scope, bucket, rate = self._bucket(request)
+        arrival.scope, arrival.bucket = scope, bucket
         allowed, remaining, retry_after, reset_after = self.gcra.check(
-            f"{peer}:{scope}", rate, time.monotonic()
+            bucket, rate, time.monotonic()
         )
         headers = self._rate_headers(rate, remaining, reset_after, scope)
         if not allowed:
@@ -220,8 +276,6 @@ class FakePluralKit:
                 headers=headers,
             )
         if self.delay:
-            import asyncio
-
             await asyncio.sleep(self.delay)
         if path in self.force_status:
             status, payload_bytes = self.force_status[path]
@@ -234,6 +288,31 @@ class FakePluralKit:
         response.headers.update(headers)
         response.headers.update(self.extra_headers.get(path, {}))
         return response
+
+    def _bucket(self, request: web.Request) -> tuple[str, str, float]:
+        """The scope, bucket key and rate a rate-checked request is charged to."""
+        base = self.scope_of(request.method, request.path)
+        system = self.TOKENS.get(request.headers.get("Authorization", ""))
+        if system is not None and self._owns(system, request.path):
+            scope = "own_system_get" if request.method in {"GET", "HEAD"} else "own_system_update"
+            # Its rate is the base scope's unless `scopes` names the own_system scope itself.
+            return scope, f"{system}:{scope}", self.scopes.get(scope, self.scopes[base])
+        ip = request.remote or "?"
+        if self.key_header is not None:
+            ip = request.headers.get(self.key_header, ip)
+        return base, f"{ip}:{base}", self.scopes[base]
+
+    def _owns(self, system: str, path: str) -> bool:
+        """Whether `path` names `system` itself, or one of its members or groups."""
+        parts = path.split("/")[2:]
+        if len(parts) < 2:
+            return False
+        kind, ref = parts[0], _fold(parts[1])
+        if kind == "systems":
+            return ref == "@me" or ref in {system, self.systems[system]["uuid"]}
+        entities = {"members": self.members, "groups": self.groups}.get(kind, {})
+        owner = next((e["system"] for e in entities.values() if ref in {e["id"], e["uuid"]}), None)
+        return owner == system
 
     def _owner(self, request: web.Request) -> str | None:
         token = request.headers.get("Authorization")
