@@ -9,10 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -77,19 +80,83 @@ def test_compose_runs_pkproxy_next_to_a_bot() -> None:
     assert "pkproxy-cache" in compose["volumes"]
 
 
-def test_kubernetes_sidecar_has_probes_resources_and_emptydir() -> None:
-    """The sidecar probes /healthz and /readyz on its port and keeps its cache on emptyDir."""
+def sidecar_pod() -> tuple[dict[str, Any], dict[str, Any]]:
     deployment = yaml.safe_load((DEPLOY / "kubernetes" / "bot-with-pkproxy.yaml").read_text())
     spec = deployment["spec"]["template"]["spec"]
-    sidecar = next(c for c in spec["containers"] if c["name"] == "pkproxy")
-    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
+    return spec, next(c for c in spec["containers"] if c["name"] == "pkproxy")
+
+
+def test_kubernetes_sidecar_has_probes_resources_and_emptydir() -> None:
+    """The sidecar probes /healthz and /readyz, has requests, keeps its cache on emptyDir."""
+    spec, sidecar = sidecar_pod()
+    assert "/healthz" in " ".join(sidecar["livenessProbe"]["exec"]["command"])
+    assert "/readyz" in " ".join(sidecar["readinessProbe"]["exec"]["command"])
     assert sidecar["resources"]["requests"]
     env = {e["name"]: e["value"] for e in sidecar["env"]}
     mount = sidecar["volumeMounts"][0]
     assert env["PKPROXY_CACHE_DIRECTORY"] == mount["mountPath"]
     assert any("emptyDir" in v and v["name"] == mount["name"] for v in spec["volumes"])
     assert sidecar["args"] == ["pkproxy"]
+
+
+def test_kubernetes_sidecar_stays_on_loopback_with_exec_probes_and_no_service_links() -> None:
+    """pkproxy listens on 127.0.0.1, so its probes are exec probes (the kubelet sends httpGet
+    and tcpSocket probes to the pod IP) that fetch 127.0.0.1 on PKPROXY_PORT with the image's
+    python; the pod turns off service-link variables."""
+    spec, sidecar = sidecar_pod()
+    env = {e["name"]: e["value"] for e in sidecar["env"]}
+    assert env["PKPROXY_HOST"] == "127.0.0.1" and "ports" not in sidecar
+    assert spec["enableServiceLinks"] is False
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert set(sidecar[probe]) - {"periodSeconds", "timeoutSeconds"} == {"exec"}, probe
+        command = sidecar[probe]["exec"]["command"]
+        assert command[:2] == ["python", "-c"]
+        assert f"'http://127.0.0.1:{env['PKPROXY_PORT']}{path}'" in command[2]
+    assert dict(dockerfile())["FROM"].startswith("python:")  # the probes' python
+
+
+class _Probed(BaseHTTPRequestHandler):
+    statuses: dict[str, int] = {}
+
+    def do_GET(self) -> None:
+        self.send_response(self.statuses.get(self.path, 404))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("statuses", "live", "ready"),
+    [
+        ({"/healthz": 200, "/readyz": 200}, True, True),
+        ({"/healthz": 200, "/readyz": 503}, True, False),  # starting or draining
+        (None, False, False),  # nothing listening
+    ],
+)
+def test_kubernetes_probe_commands_pass_on_200_and_fail_otherwise(
+    statuses: dict[str, int] | None, live: bool, ready: bool
+) -> None:
+    """Run as the kubelet would (port moved to a free one): exit 0 on 200, else non-zero."""
+    _, sidecar = sidecar_pod()
+    _Probed.statuses = statuses or {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Probed)
+    port = server.server_address[1]
+    if statuses is None:
+        server.server_close()  # the port is free again: connection refused
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for probe, passes in (("livenessProbe", live), ("readinessProbe", ready)):
+            _, flag, code = sidecar[probe]["exec"]["command"]
+            code = code.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+            done = subprocess.run([sys.executable, flag, code], capture_output=True, timeout=30)
+            assert (done.returncode == 0) is passes, (probe, done.stderr)
+    finally:
+        if statuses is not None:
+            server.shutdown()
+            server.server_close()
 
 
 def unit() -> configparser.ConfigParser:
@@ -106,6 +173,32 @@ def test_systemd_unit_parses() -> None:
     exec_start = shlex.split(parsed["Service"]["ExecStart"])
     assert exec_start[0].endswith("/bin/pkproxy") and exec_start[1] == "--config"
     assert parsed["Service"]["KillSignal"] == "SIGTERM"
+
+
+def install_commands(text: str) -> list[list[str]]:
+    lines = [line.lstrip("# ").strip() for line in text.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith(("install ", "useradd "))]
+
+
+@pytest.mark.parametrize("source", ["deploy/systemd/pkproxy.service", "deploy/README.md"])
+def test_systemd_config_with_keys_is_readable_by_the_service_group_only(source: str) -> None:
+    """The install steps put the config where ExecStart reads it, mode 0640, owner root, group
+    the unit's Group= (a system group created first: DynamicUser= has none beforehand)."""
+    service = unit()["Service"]
+    config_path = shlex.split(service["ExecStart"])[2]
+    text = (ROOT / source).read_text()
+    assert f"cp config/pkproxy.toml {config_path}" not in text
+    commands = install_commands(text)
+    useradd = next(c for c in commands if c[0] == "useradd")
+    install = next(c for c in commands if c[0] == "install")
+    assert "--system" in useradd and useradd[-1] == service["User"] == service["Group"]
+    options = dict(zip(install[1:-2:2], install[2:-2:2], strict=True))
+    assert options == {"-m": "0640", "-o": "root", "-g": service["Group"]}
+    assert install[-2:] == ["config/pkproxy.toml", config_path]
+    assert "DynamicUser" not in service
+    for hardening in ("NoNewPrivileges", "PrivateTmp", "RemoveIPC", "RestrictSUIDSGID"):
+        assert service[hardening] == "yes", hardening
+    assert service["ProtectSystem"] == "strict" and service["ProtectHome"] == "yes"
 
 
 def free_port() -> int:
