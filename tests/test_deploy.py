@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -259,3 +261,71 @@ def test_pyproject_declares_the_command() -> None:
     """The `pkproxy` command the deployment files run is the package's entry point."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["pkproxy"] == "proxy.cli:main"
+
+
+def test_readme_qualifies_the_never_trips_claim() -> None:
+    """The promise not to trip PluralKit's limiter is qualified right after it is made: it
+    holds only while pkproxy is the only client of the IP's budget."""
+    readme = (ROOT / "README.md").read_text()
+    claim = readme.index("without ever tripping PluralKit's limiter")
+    caveat = readme.index("only while pkproxy is the only client of your IP's budget")
+    assert claim < caveat < readme.index("## Quick start")
+
+
+def readme_demo() -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("To try pkproxy without the real API", 1)[1]
+    block = block.split("```sh", 1)[1].split("```", 1)[0]
+    return [shlex.split(line, comments=True) for line in block.strip().splitlines()]
+
+
+def test_readme_demo_runs_pkproxy_in_front_of_the_fake(tmp_path: Path) -> None:
+    """The development section's demo, as written (ports moved to free ones): the fake starts,
+    pkproxy forwards to it with --upstream, the second request is a cache hit, and the
+    fake's arrivals show one upstream request."""
+    ports = {"8081": str(free_port()), "8080": str(free_port())}
+    fake, proxy, *fetches = [
+        [re.sub(r"\b(8080|8081)\b", lambda port: ports[port[1]], word) for word in line]
+        for line in readme_demo()
+    ]
+    assert fake[:4] == ["python", "-m", "tests.perf", "fake"] and proxy[0] == "pkproxy"
+    assert [f[0] for f in fetches] == ["curl", "curl"]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PKPROXY_")},
+        "XDG_CACHE_HOME": str(tmp_path),
+    }
+    started = [
+        subprocess.Popen([sys.executable, *fake[1:]], cwd=ROOT, env=env),
+        subprocess.Popen(
+            [sys.executable, "-m", "proxy", *proxy[1:]],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        served, arrivals = fetches[0][-1], fetches[1][-1]
+        wait_for(f"http://127.0.0.1:{ports['8080']}/healthz")
+        wait_for(arrivals)
+        caches = []
+        for _ in range(2):
+            with urllib.request.urlopen(served, timeout=10) as answer:
+                caches.append(answer.headers["X-Cache"])
+        assert caches == ["MISS", "HIT"]
+        with urllib.request.urlopen(arrivals, timeout=10) as answer:
+            assert len(json.load(answer)) == 1
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+def wait_for(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing answers {url}"
+            time.sleep(0.1)
