@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.app import GATEWAY, create_app
-from proxy.cache.store import open_disk
+from proxy.cache.disk import open_disk
 from proxy.ops.drain import drain
 from proxy.ops.logs import configure_logging, get_logger
 from proxy.settings import ConfigError, Settings, load_settings

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
+from proxy.clock import Clock
 from proxy.ops.logs import configure_logging
 from proxy.settings import Settings, load_settings
 from tests.fakepk import FakePluralKit
@@ -44,9 +45,9 @@ def proxy_settings(upstream_url: str, cache_dir: Path, **sections: dict[str, Any
 
 @pytest.fixture
 async def make_proxy(aiohttp_server: Any, upstream: TestServer, tmp_path: Path) -> MakeProxy:
-    async def make(**sections: dict[str, Any]) -> TestServer:
+    async def make(clock: Clock | None = None, **sections: dict[str, Any]) -> TestServer:
         settings = proxy_settings(str(upstream.make_url("/")), tmp_path / "cache", **sections)
-        app: web.Application = create_app(settings)
+        app: web.Application = create_app(settings, clock)
         server: TestServer = await aiohttp_server(app)
         return server
 

@@ -1,10 +1,13 @@
-"""The cache tiers on a real diskcache directory: bounds hold, corruption is dropped."""
+"""The cache tiers on a real diskcache directory: bounds hold, corruption is dropped.
+(What every CacheStore must do is in tests/contracts/test_cache_store.py.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.cache.store import CorruptEntry, Entry, MemoryTier, TieredCache
+from proxy.cache.disk import DiskStore, tiered
+from proxy.cache.memory import MemoryTier
+from proxy.cache.store import CorruptEntry, Entry
 
 
 def entry(n: int, size: int, tag: str = "/v2/members/x") -> Entry:
@@ -55,11 +58,12 @@ def test_entry_round_trip_and_corruption() -> None:
 
 async def test_disk_tier_stays_within_its_size_limit(tmp_path: Path) -> None:
     """Under a stream of distinct entries the disk tier evicts instead of growing."""
-    cache = TieredCache(str(tmp_path), memory_bytes=100_000, disk_bytes=2_000_000)
+    cache = tiered(str(tmp_path), memory_bytes=100_000, disk_bytes=2_000_000)
     try:
         for n in range(200):
-            await cache.set(f"GET /v2/members/m{n} identity", entry(n, 50_000, f"/v2/members/m{n}"))
-        stats = cache.stats()
+            key = f"GET /v2/members/m{n} identity"
+            await cache.set(key, entry(n, 50_000, f"/v2/members/m{n}"), 0)
+        stats = await cache.stats()
         assert stats["memory_bytes"] <= 100_000
         assert stats["disk_bytes"] <= 2_000_000 * 1.3
         assert stats["disk_entries"] < 200
@@ -69,25 +73,27 @@ async def test_disk_tier_stays_within_its_size_limit(tmp_path: Path) -> None:
 
 async def test_corrupt_disk_entry_is_dropped(tmp_path: Path) -> None:
     """Garbage under a key is dropped on read, counted, and reads as a miss."""
-    cache = TieredCache(str(tmp_path), memory_bytes=100_000, disk_bytes=10_000_000)
+    cache = tiered(str(tmp_path), memory_bytes=100_000, disk_bytes=10_000_000)
+    disk = DiskStore(str(tmp_path), 10_000_000)
     try:
-        cache._disk.set("k", b"not an entry at all")
+        disk._disk.set("k", b"not an entry at all")
         assert await cache.get("k") is None
-        assert cache.stats()["corrupt_dropped"] == 1
-        assert cache._disk.get("k") is None
+        assert (await cache.stats())["corrupt_dropped"] == 1
+        assert disk._disk.get("k") is None
     finally:
         await cache.close()
+        await disk.close()
 
 
 async def test_a_failing_disk_degrades_to_misses(tmp_path: Path) -> None:
     """A damaged database file makes reads misses and stores no-ops, never an error."""
-    cache = TieredCache(str(tmp_path), memory_bytes=0, disk_bytes=10_000_000)
+    cache = DiskStore(str(tmp_path), 10_000_000)
     try:
         cache._disk.close()
         (tmp_path / "cache.db").write_bytes(b"this is not sqlite" * 100)
         assert await cache.get("k") is None
-        await cache.set("k", entry(1, 10))
+        await cache.set("k", entry(1, 10), 0)
         assert await cache.evict_tag("/v2/members/x") == 0
-        assert cache.stats()["disk_errors"] >= 3
+        assert (await cache.stats())["disk_errors"] >= 3
     finally:
         await cache.close()

@@ -6,16 +6,22 @@ import asyncio
 
 import pytest
 
+from proxy.budget.pacer import local_pacers
 from proxy.budget.scheduler import ScopeScheduler, Ticket
+from proxy.clock import SystemClock
 from proxy.core.budget import ScopeSpec
+from proxy.core.fairqueue import Priority
 
 
 async def test_utilisation_counts_every_grant_of_the_last_minute() -> None:
     """Utilisation is grants in the last minute times the interval, however many grants."""
-    scope = ScopeScheduler(ScopeSpec("all", 400.0, burst=200), 0.0, 10_000)
+    clock = SystemClock()
+    spec = ScopeSpec("all", 400.0, burst=200)
+    scope = ScopeScheduler(spec, local_pacers(0.0, 0.0, clock)(spec), clock, 10_000)
     scope.start()
     try:
-        tickets = [Ticket("c", 1.0, "normal", scope.now() + 60) for _ in range(600)]
+        deadline = scope.now() + 60
+        tickets = [Ticket("c", 1.0, Priority.NORMAL, deadline) for _ in range(600)]
         await asyncio.gather(*(scope.acquire(t, 60.0) for t in tickets))
         assert scope.sent == 600
         assert scope.utilisation() == pytest.approx(600 * (1 / 400) / 60, rel=1e-6)

@@ -1,33 +1,40 @@
-"""Forwarding: wait for a slot, send upstream, learn from its rate-limit answers, retry 429s."""
+"""Forwarding: wait for a slot, send upstream, teach the pacer from the answer, retry 429s."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.budget.scheduler import ScopeScheduler, Ticket
-from proxy.core import budget
+from proxy.clock import Clock
 from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
-from proxy.core.invalidation import parse_json
+from proxy.core.fairqueue import Priority
+from proxy.core.ratesignal import RateSignal, read_signal
 from proxy.ops.logs import get_logger
 from proxy.ops.metrics import Metrics
 from proxy.upstream.client import Upstream, UpstreamResponse
 
 
 @dataclass(slots=True)
+class Place:
+    """Where a request waits for an upstream slot: whose share, which lane, until when."""
+
+    consumer: str
+    weight: float
+    priority: Priority
+    max_wait: float
+    deadline: float  # monotonic
+
+
+@dataclass(slots=True)
 class Outbound:
-    """One request as it will be sent upstream, and how long it may wait for a slot."""
+    """One request as it will be sent upstream, and where it waits for its slot."""
 
     method: str
     path_and_query: str
     headers: list[tuple[str, str]]
     body: bytes
-    consumer: str
-    weight: float
-    priority: str
-    max_wait: float
-    deadline: float
+    place: Place
     queue_wait: float = 0.0
     upstream_time: float = 0.0
     attempts: int = 0
@@ -35,80 +42,84 @@ class Outbound:
 
     def extend(self, deadline: float) -> None:
         """A coalesced waiter with a later deadline keeps the shared call queued longer."""
-        if deadline > self.deadline:
-            self.deadline = deadline
+        if deadline > self.place.deadline:
+            self.place.deadline = deadline
             if self.ticket is not None:
                 self.ticket.deadline = deadline
 
 
 class Forwarder:
-    def __init__(self, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, upstream: Upstream, metrics: Metrics, clock: Clock) -> None:
         self._upstream = upstream
         self._metrics = metrics
+        self._clock = clock
         self._log = get_logger()
         self.in_flight = 0
 
     async def send(
         self, scope: ScopeScheduler, out: Outbound, on_sent: Callable[[], None] | None = None
     ) -> UpstreamResponse:
-        """Send once a slot is granted; after an upstream 429, pause the scope and retry
-        at the front of the queue while the deadline allows, else pass the 429 back."""
+        """Send once a slot is granted; after an upstream 429, retry at the front of the
+        queue while the deadline allows (PluralKit refused it before doing anything, so
+        even a write is safe to repeat), else pass the 429 back."""
         while True:
-            out.ticket = Ticket(out.consumer, out.weight, out.priority, out.deadline)
-            queued_at = scope.now()
-            self._metrics.queue_depth.labels(scope.spec.name).inc()
-            try:
-                await scope.acquire(out.ticket, out.max_wait, front=out.attempts > 0)
-            finally:
-                self._metrics.queue_depth.labels(scope.spec.name).dec()
-            waited = scope.now() - queued_at
-            out.queue_wait += waited
-            self._metrics.queue_wait.labels(scope.spec.name).observe(waited)
-            out.attempts += 1
+            await self._wait_for_slot(scope, out)
             if on_sent is not None:
                 on_sent()
-            self.in_flight += 1
+            response, signal = await self._send_once(scope, out)
+            if not signal.throttled:
+                return response
+            self._metrics.upstream_429.labels(scope.spec.name).inc()
+            self._log.warning(
+                "upstream.throttled",
+                scope=scope.spec.name,
+                upstream_scope=signal.scope,
+                retry_after_ms=signal.retry_after_ms,
+                pause_ms=int(scope.next_slot_in() * 1000),
+            )
+            if scope.now() + scope.next_slot_in() >= out.place.deadline:
+                return response
+
+    async def _wait_for_slot(self, scope: ScopeScheduler, out: Outbound) -> None:
+        place = out.place
+        out.ticket = Ticket(place.consumer, place.weight, place.priority, place.deadline)
+        queued_at = scope.now()
+        gauge = self._metrics.queue_depth.labels(scope.spec.name)
+        gauge.inc()
+        try:
+            await scope.acquire(out.ticket, place.max_wait, front=out.attempts > 0)
+        finally:
+            gauge.dec()
+        waited = scope.now() - queued_at
+        out.queue_wait += waited
+        self._metrics.queue_wait.labels(scope.spec.name).observe(waited)
+        out.attempts += 1
+
+    async def _send_once(
+        self, scope: ScopeScheduler, out: Outbound
+    ) -> tuple[UpstreamResponse, RateSignal]:
+        self.in_flight += 1
+        scope.mark_sent()
+        sent_at = scope.now()
+
+        def headers_written() -> None:
+            # Upstream's clock reads no earlier than this: what its answer proves starts here.
+            nonlocal sent_at
             scope.mark_sent()
-            try:
-                response = await self._upstream.send(
-                    out.method, out.path_and_query, out.headers, out.body, scope.mark_sent
-                )
-            except (UpstreamUnavailable, UpstreamTimeout) as error:
-                failure = "timeout" if isinstance(error, UpstreamTimeout) else "unreachable"
-                self._metrics.upstream_requests.labels(scope.spec.name, failure).inc()
-                raise
-            finally:
-                self.in_flight -= 1
-            out.upstream_time += response.elapsed
-            self._metrics.upstream_requests.labels(scope.spec.name, str(response.status)).inc()
-            if response.status != 429:
-                self._learn(scope, response)
-                return response
-            pause = self._on_upstream_429(scope, response)
-            if scope.now() + pause >= out.deadline:
-                return response
+            sent_at = scope.now()
 
-    def _on_upstream_429(self, scope: ScopeScheduler, response: UpstreamResponse) -> float:
-        body = parse_json(response.body)
-        retry_after = body.get("retry_after") if isinstance(body, dict) else None
-        if not isinstance(retry_after, int):
-            # No PluralKit body (an edge in between?): fall back on X-RateLimit-Reset,
-            # which PluralKit sends in seconds and documents in milliseconds.
-            reset = budget.reset_to_seconds(response.header("X-RateLimit-Reset") or "")
-            retry_after = None if reset is None else int((reset - time.time()) * 1000)
-        pause = budget.pause_after_429(retry_after, scope.interval)
-        scope.pause(pause)
-        self._metrics.upstream_429.labels(scope.spec.name).inc()
-        self._log.warning(
-            "upstream.throttled",
-            scope=scope.spec.name,
-            upstream_scope=response.header("X-RateLimit-Scope"),
-            retry_after_ms=retry_after,
-            pause_ms=int(pause * 1000),
-        )
-        return pause
-
-    def _learn(self, scope: ScopeScheduler, response: UpstreamResponse) -> None:
-        """`X-RateLimit-Remaining: 0` means the next request must wait for its slot."""
-        if response.header("X-RateLimit-Remaining") == "0":
-            scope.pause(scope.interval)
+        try:
+            response = await self._upstream.send(
+                out.method, out.path_and_query, out.headers, out.body, headers_written
+            )
+        except (UpstreamUnavailable, UpstreamTimeout) as error:
+            failure = "timeout" if isinstance(error, UpstreamTimeout) else "unreachable"
+            self._metrics.upstream_requests.labels(scope.spec.name, failure).inc()
+            raise
+        finally:
+            self.in_flight -= 1
+        out.upstream_time += response.elapsed
+        self._metrics.upstream_requests.labels(scope.spec.name, str(response.status)).inc()
+        signal = read_signal(response.status, response.headers, response.body, self._clock.wall())
+        await scope.pacer.learn(signal, sent_at, scope.now())
+        return response, signal

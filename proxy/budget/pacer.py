@@ -1,99 +1,119 @@
 """Pacing: *when* the next request of a scope may leave, behind a small Protocol.
 
-`LocalPacer` paces one process with aiolimiter. A backend shared by several replicas
-(a GCRA in Redis keyed by egress IP and scope) would implement the same Protocol."""
+`LocalPacer` keeps the model of the upstream bucket (core.bucket) in this process. A
+backend shared by several replicas keeps the same model's state elsewhere (Redis): that
+is why `reserve` and `learn` are async, while the estimates for rate headers stay
+synchronous and may be a few milliseconds old."""
 
 from __future__ import annotations
 
-import asyncio
+import random
+from collections.abc import Callable
 from typing import Protocol
 
-from aiolimiter import AsyncLimiter
-
+from proxy.clock import Clock
+from proxy.core.bucket import BucketModel
 from proxy.core.budget import ScopeSpec
-
-# Timers may fire up to the clock's resolution early; below this a wait is already over
-# (and a loop waiting for less would spin). The pacing margin is far larger.
-_EPSILON = 0.0005
+from proxy.core.ratesignal import RateSignal
+from proxy.ops.logs import get_logger
 
 
 class Pacer(Protocol):
-    interval: float
+    @property
+    def interval(self) -> float:
+        """Seconds per request at the scope's (possibly upstream-corrected) rate."""
 
-    async def wait_turn(self) -> None:
-        """Return when one request may be granted (spaced, and not paused)."""
+    async def reserve(self) -> float:
+        """Claim a slot if one may be sent now and return 0.0; else claim nothing and
+        return how many seconds to wait before asking again."""
 
-    def granted(self) -> None:
-        """A request was granted its slot."""
+    def give_back(self) -> None:
+        """A claimed slot was not used."""
 
     def mark_sent(self) -> None:
-        """The granted request is being written to upstream now."""
+        """The claimed request is being written to upstream now."""
 
-    def pause(self, seconds: float) -> None:
-        """Upstream pushed back: grant nothing for `seconds`."""
+    async def learn(self, signal: RateSignal, sent_at: float, received_at: float) -> None:
+        """Sync the model with what an upstream answer says of the bucket."""
 
-    def paused_for(self) -> float: ...
+    def wait_for(self, ahead: int) -> float:
+        """Estimate: seconds until a request with `ahead` others before it may be sent."""
 
-    def next_slot_in(self) -> float: ...
+    def paused_for(self) -> float:
+        """Estimate: seconds during which nothing will be sent (after upstream pushed back)."""
+
+
+PacerFactory = Callable[[ScopeSpec], Pacer]
 
 
 class LocalPacer:
-    """Strict spacing of `1/rate * (1 + margin)`, by aiolimiter, anchored on real sends."""
+    """The bucket model in this process: one instance per scope."""
 
-    __slots__ = (
-        "_last_grant",
-        "_last_sent",
-        "_limiter",
-        "_loop",
-        "_paused_until",
-        "burst",
-        "interval",
-    )
+    __slots__ = ("_clock", "_log", "_model", "_random", "_warned", "spec")
 
-    def __init__(self, spec: ScopeSpec, margin: float) -> None:
-        self.interval = spec.interval(margin)
-        self.burst = spec.burst
-        self._loop = asyncio.get_running_loop()
-        # AsyncLimiter(1, interval) spaces strictly; AsyncLimiter(2, 1) would let three
-        # through in one second. A burst is only ever configured deliberately.
-        self._limiter = AsyncLimiter(spec.burst, spec.burst * self.interval)
-        self._paused_until = 0.0
-        self._last_grant = -1e9
-        self._last_sent = -1e9
+    def __init__(
+        self,
+        spec: ScopeSpec,
+        reserve: float,
+        margin: float,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self._model = BucketModel(spec.rate, spec.burst, reserve, margin)
+        self._clock = clock
+        self._random = rng or random.Random()
+        self._log = get_logger()
+        self._warned: set[str] = set()
 
-    def _now(self) -> float:
-        return self._loop.time()
+    @property
+    def interval(self) -> float:
+        return self._model.emission
 
-    async def wait_turn(self) -> None:
-        while True:
-            if self.paused_for() > _EPSILON:
-                await asyncio.sleep(self.paused_for())
-                continue
-            await self._limiter.acquire()
-            # Space by when requests were really sent, not granted: a request that left the
-            # event loop late must not leave the next one arriving early upstream.
-            while (
-                self.burst == 1
-                and (gap := self._last_sent + self.interval - self._now()) > _EPSILON
-            ):
-                await asyncio.sleep(gap)
-            if self.paused_for() <= _EPSILON:
-                return
-            # a 429 arrived while waiting: the pause wins
+    async def reserve(self) -> float:
+        now = self._clock.monotonic()
+        wait = self._model.wait_for(0, now)
+        if wait > 0.0:
+            return wait
+        self._model.take(now, self._random.random())
+        return 0.0
 
-    def granted(self) -> None:
-        self._last_grant = self._now()
+    def give_back(self) -> None:
+        self._model.give_back(self._clock.monotonic())
 
     def mark_sent(self) -> None:
-        self._last_sent = max(self._last_sent, self._now())
+        self._model.sent(self._clock.monotonic())
 
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, self._now() + seconds)
+    async def learn(self, signal: RateSignal, sent_at: float, received_at: float) -> None:
+        for problem in signal.problems:
+            self._warn_once(problem, "budget.bad_rate_header", header=problem)
+        if signal.own_system:
+            return  # counted in the token's own bucket, not this IP's
+        model = self._model
+        if signal.limit is not None and model.follow_limit(signal.limit):
+            self._warn_once(
+                "limit", "budget.limit_mismatch", configured=self.spec.rate, upstream=signal.limit
+            )
+        if signal.throttled:
+            retry = (signal.retry_after_ms or 0) / 1000.0
+            model.learn_rejection(retry, received_at, self._random.random())
+        elif signal.remaining is not None and model.learn_remaining(signal.remaining, sent_at):
+            self._log.debug("budget.synced", scope=self.spec.name, remaining=signal.remaining)
+
+    def wait_for(self, ahead: int) -> float:
+        return self._model.wait_for(ahead, self._clock.monotonic())
 
     def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self._now())
+        return max(0.0, self._model.paused_until - self._clock.monotonic())
 
-    def next_slot_in(self) -> float:
-        now = self._now()
-        last = max(self._last_grant, self._last_sent)
-        return max(last + self.interval, self._paused_until, now) - now
+    def _warn_once(self, kind: str, event: str, **fields: object) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            self._log.warning(event, scope=self.spec.name, **fields)
+
+
+def local_pacers(reserve: float, margin: float, clock: Clock) -> PacerFactory:
+    def make(spec: ScopeSpec) -> Pacer:
+        return LocalPacer(spec, reserve, margin, clock)
+
+    return make

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from proxy.budget.pacer import LocalPacer, Pacer
+from proxy.budget.pacer import Pacer, PacerFactory
+from proxy.clock import Clock, wall_ms_in
 from proxy.core import budget
 from proxy.core.budget import ScopeSpec
-from proxy.core.errors import Throttled
-from proxy.core.fairqueue import FairQueue
+from proxy.core.errors import Throttled, ThrottleReason
+from proxy.core.fairqueue import FairQueue, Priority
 
 _UTILISATION_WINDOW = 60.0
 # How long a request may take to be handed a slot that was free when it arrived.
@@ -21,12 +22,12 @@ _FREE_SLOT_GRACE = 0.05
 
 @dataclass(eq=False, slots=True)
 class Ticket:
-    """One request waiting for an upstream slot."""
+    """One request (or one shared flight) waiting for an upstream slot."""
 
     consumer: str
     weight: float
-    priority: str
-    deadline: float  # loop time
+    priority: Priority
+    deadline: float  # monotonic
     granted: asyncio.Future[float] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -43,14 +44,13 @@ class ScopeView:
 
 
 class ScopeScheduler:
-    """Grants upstream slots of one scope, strictly spaced, fairly among consumers."""
+    """Grants upstream slots of one scope when its pacer allows, fairly among consumers."""
 
-    def __init__(self, spec: ScopeSpec, margin: float, max_queue: int) -> None:
+    def __init__(self, spec: ScopeSpec, pacer: Pacer, clock: Clock, max_queue: int) -> None:
         self.spec = spec
-        self.interval = spec.interval(margin)
         self.max_queue = max_queue
-        self._loop = asyncio.get_running_loop()
-        self._pacer: Pacer = LocalPacer(spec, margin)
+        self.pacer = pacer
+        self._clock = clock
         self._queue: FairQueue[Ticket] = FairQueue()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -86,14 +86,17 @@ class ScopeScheduler:
 
     # -- estimates -----------------------------------------------------------------
     def now(self) -> float:
-        return self._loop.time()
+        return self._clock.monotonic()
+
+    @property
+    def interval(self) -> float:
+        return self.pacer.interval
 
     def next_slot_in(self) -> float:
-        return self._pacer.next_slot_in()
+        return self.pacer.wait_for(0)
 
     def wait_for_new(self, consumer: str, weight: float) -> float:
-        ahead = self._queue.ahead_of_new(consumer, weight)
-        return budget.estimated_wait(self.next_slot_in(), ahead, self.interval)
+        return self.pacer.wait_for(self._queue.ahead_of_new(consumer, weight))
 
     def depth(self, consumer: str | None = None) -> int:
         return len(self._queue) if consumer is None else self._queue.depth(consumer)
@@ -103,34 +106,48 @@ class ScopeScheduler:
 
     @property
     def paused_for(self) -> float:
-        return self._pacer.paused_for()
+        return self.pacer.paused_for()
 
     def view(self, consumer: str, weight: float, max_wait: float) -> ScopeView:
-        wait = self.wait_for_new(consumer, weight)
-        remaining = budget.remaining_capacity(wait, max_wait, self.interval, self.spec.limit)
-        until = self.next_slot_in() if remaining > 0 else max(wait - max_wait, 0) + self.interval
-        return ScopeView(self.spec.name, self.spec.limit, remaining, wall_ms_in(until))
+        """How many more requests this consumer could queue now and still be sent within
+        its max wait (at most the limit), and when that becomes more than 0."""
+        ahead = self._queue.ahead_of_new(consumer, weight)
+        wait = self.pacer.wait_for(ahead)
+        limit = self.spec.limit
+        remaining = 0
+        if wait <= max_wait:
+            later = self.pacer.wait_for(ahead + limit - 1)
+            per_slot = max((later - wait) / max(1, limit - 1), 1e-9)
+            remaining = min(limit, 1 + math.floor((max_wait - wait) / per_slot + 1e-9))
+        until = wait if remaining > 0 else wait - max_wait + self.interval
+        return ScopeView(self.spec.name, limit, remaining, wall_ms_in(self._clock, until))
 
-    def throttled(self, wait: float, max_wait: float, reason: str) -> Throttled:
+    def throttled(self, wait: float, max_wait: float, reason: ThrottleReason) -> Throttled:
         retry = budget.retry_after_for(wait, max_wait, self.next_slot_in())
-        return Throttled(
-            self.spec.name, int(retry * 1000) + 1, self.spec.limit, wall_ms_in(retry), reason
-        )
+        reset = wall_ms_in(self._clock, retry)
+        return Throttled(self.spec.name, int(retry * 1000) + 1, self.spec.limit, reset, reason)
 
     # -- the flow ------------------------------------------------------------------
     async def acquire(self, ticket: Ticket, max_wait: float, front: bool = False) -> float:
         """Wait for a slot; raise Throttled if the deadline cannot be or was not met."""
         wait = self.wait_for_new(ticket.consumer, ticket.weight)
         if not front and len(self._queue) >= self.max_queue:
-            raise self.throttled(wait, max_wait, "queue_full")
+            raise self.throttled(wait, max_wait, ThrottleReason.QUEUE_FULL)
         if wait == 0.0:
             # A free slot is granted on the scheduler's next turn of the loop: a request
             # that may not wait at all (max wait 0) still gets it.
             ticket.deadline = max(ticket.deadline, self.now() + _FREE_SLOT_GRACE)
         if self.now() + wait > ticket.deadline:
-            raise self.throttled(wait, max_wait, "deadline")
+            raise self.throttled(wait, max_wait, ThrottleReason.DEADLINE)
         self._queue.push(ticket.consumer, ticket.weight, ticket.priority, ticket, front)
         self._wakeup.set()
+        try:
+            return await self._granted(ticket, max_wait)
+        except asyncio.CancelledError:
+            self._withdraw(ticket)
+            raise
+
+    async def _granted(self, ticket: Ticket, max_wait: float) -> float:
         while True:
             try:
                 return await asyncio.wait_for(
@@ -143,10 +160,16 @@ class ScopeScheduler:
                     continue  # a coalesced waiter lengthened the deadline
                 self._withdraw(ticket)
                 wait = self.wait_for_new(ticket.consumer, ticket.weight)
-                raise self.throttled(wait, max_wait, "deadline") from None
-            except asyncio.CancelledError:
-                self._withdraw(ticket)
-                raise
+                raise self.throttled(wait, max_wait, ThrottleReason.DEADLINE) from None
+
+    def reposition(self, ticket: Ticket, consumer: str, weight: float, priority: Priority) -> None:
+        """Move a queued ticket to a better place (a waiter with a better one joined it)."""
+        if ticket.granted.done() or not self._queue.remove(
+            ticket.consumer, ticket.priority, ticket
+        ):
+            return
+        ticket.consumer, ticket.weight, ticket.priority = consumer, weight, priority
+        self._queue.push(consumer, weight, priority, ticket)
 
     def _withdraw(self, ticket: Ticket) -> None:
         """Take a ticket out of the queue: its slot goes to the next request."""
@@ -155,12 +178,8 @@ class ScopeScheduler:
             ticket.granted.cancel()
 
     def mark_sent(self) -> None:
-        """Called just before a granted request is written to upstream."""
-        self._pacer.mark_sent()
-
-    def pause(self, seconds: float) -> None:
-        """Send nothing in this scope for `seconds` (upstream 429 or Remaining: 0)."""
-        self._pacer.pause(seconds)
+        """Called when a granted request is written to upstream (pacing anchors on it)."""
+        self.pacer.mark_sent()
 
     async def _run(self) -> None:
         while True:
@@ -168,22 +187,25 @@ class ScopeScheduler:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._pacer.wait_turn()
-            self._grant_next()
+            wait = await self.pacer.reserve()
+            if wait > 0.0:
+                await self._clock.sleep(wait)
+            elif not self._grant_next():
+                self.pacer.give_back()
 
-    def _grant_next(self) -> None:
+    def _grant_next(self) -> bool:
         while (popped := self._queue.pop()) is not None:
             ticket = popped[1]
             if ticket.granted.done():
                 continue
             now = self.now()
-            self._pacer.granted()
             self.sent += 1
             self._grants.append(now)
             while self._grants[0] < now - _UTILISATION_WINDOW:
                 self._grants.popleft()
             ticket.granted.set_result(now)
-            return
+            return True
+        return False
 
     def utilisation(self) -> float:
         """Share of the scope's capacity used over the last minute."""
@@ -192,17 +214,14 @@ class ScopeScheduler:
         return min(1.0, used * self.interval / _UTILISATION_WINDOW)
 
 
-def wall_ms_in(seconds_from_now: float) -> int:
-    """UNIX milliseconds `seconds_from_now` from now (X-RateLimit-Reset's unit)."""
-    return int((time.time() + max(0.0, seconds_from_now)) * 1000)
-
-
 class Scheduler:
     """All scopes, started and stopped together inside the running loop."""
 
-    def __init__(self, scopes: tuple[ScopeSpec, ...], margin: float, max_queue: int) -> None:
+    def __init__(
+        self, scopes: tuple[ScopeSpec, ...], pacers: PacerFactory, clock: Clock, max_queue: int
+    ) -> None:
         self.specs = scopes
-        self.scopes = {s.name: ScopeScheduler(s, margin, max_queue) for s in scopes}
+        self.scopes = {s.name: ScopeScheduler(s, pacers(s), clock, max_queue) for s in scopes}
 
     def for_request(self, method: str, template: str) -> ScopeScheduler:
         return self.scopes[budget.scope_for(method, template, self.specs).name]

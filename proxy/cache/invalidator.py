@@ -1,5 +1,5 @@
-"""After a successful write: evict what it made wrong, and keep in-flight reads from
-storing answers older than the write."""
+"""After a successful write: evict what it made wrong (the store's write generations keep
+in-flight reads from storing answers older than the write)."""
 
 from __future__ import annotations
 
@@ -27,16 +27,9 @@ class Invalidator:
         self._origin = origin
         self._metrics = metrics
         self._log = get_logger()
-        # Write generation per path: a fetch that started before a write must not store.
-        self.generation = 0
-        self._evicted_gen: dict[str, int] = {}
         # Which system a credential's @me is, keyed by a keyed hash (never the credential).
         self._me: OrderedDict[bytes, str] = OrderedDict()
         self._me_secret = os.urandom(32)
-
-    def outdated(self, tag: str, started: int) -> bool:
-        """Whether a write evicted `tag` after a fetch of it started at `started`."""
-        return self._evicted_gen.get(tag, 0) > started
 
     async def after_write(
         self,
@@ -59,16 +52,12 @@ class Invalidator:
             if not found:
                 break
             bodies.update(found)
-        self.generation += 1
+        # Each eviction also marks the path's write generation in the store, so that a
+        # fetch that started before this write does not store its older answer.
         for path in paths:
-            tag = cache_tag(self._origin, path)
-            self._evicted_gen[tag] = self.generation
-            await self._cache.evict_tag(tag)
+            await self._cache.evict_tag(cache_tag(self._origin, path))
         self._metrics.cache_invalidations.inc(len(paths))
         self._log.debug("cache.invalidated", route=route.template, paths=len(paths))
-        if len(self._evicted_gen) > 10_000:
-            floor = self.generation - 1_000  # only fetches in flight can be that old
-            self._evicted_gen = {k: v for k, v in self._evicted_gen.items() if v > floor}
         return len(paths)
 
     async def _load(self, paths: Iterable[str]) -> dict[str, object]:

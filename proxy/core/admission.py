@@ -15,7 +15,6 @@ from proxy.core.errors import (
 from proxy.core.routes import Route, match_route
 
 FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"})
-OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/status"})
 
 # Characters that may appear in a path segment after decoding: PluralKit ids are letters,
 # digits, dashes, `@me`; nothing else is ever needed, and nothing else is forwarded.

@@ -5,9 +5,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, TypeVar
 
 from proxy.core.admission import Target
 from proxy.core.routes import UNKNOWN_ROUTE
+
+E = TypeVar("E")
+
+
+class CacheResult(StrEnum):
+    """How a request was answered (`X-Cache`, logs, metrics); NONE: not a proxied answer."""
+
+    HIT = "HIT"
+    STALE = "STALE"
+    MISS = "MISS"
+    COALESCED = "COALESCED"
+    BYPASS = "BYPASS"
+    NONE = "NONE"
+
 
 PRIVACY_CODES = frozenset(range(30001, 30006))
 _NEVER_STORE_DIRECTIVES = frozenset({"no-store", "private", "no-cache"})
@@ -100,23 +116,30 @@ def store_decision(
 
 
 @dataclass(frozen=True, slots=True)
-class Fresh:
+class Fresh(Generic[E]):
+    entry: E
     age: float
 
 
 @dataclass(frozen=True, slots=True)
-class Stale:
+class Stale(Generic[E]):
     """Expired but within grace: serve now, refresh in the background."""
 
+    entry: E
     age: float
 
 
 @dataclass(frozen=True, slots=True)
-class Expired:
-    """Past grace: refetch; usable only instead of an error while `usable` holds."""
+class Expired(Generic[E]):
+    """Past grace: refetch; the entry may stand in for an error while `usable`."""
 
+    entry: E
     age: float
     usable: bool
+
+    @property
+    def fallback(self) -> E | None:
+        return self.entry if self.usable else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +147,22 @@ class Miss:
     pass
 
 
-Lookup = Fresh | Stale | Expired | Miss
+Lookup = Fresh[E] | Stale[E] | Expired[E] | Miss
 
 
 def classify_age(
-    stored_at: float, ttl: float, now: float, grace: float, max_stale: float
-) -> Fresh | Stale | Expired:
+    entry: E, stored_at: float, ttl: float, now: float, grace: float, max_stale: float
+) -> Fresh[E] | Stale[E] | Expired[E]:
     age = max(0.0, now - stored_at)
     if age < ttl:
-        return Fresh(age)
+        return Fresh(entry, age)
     if age < ttl + grace:
-        return Stale(age)
-    return Expired(age, age < ttl + max_stale)
+        return Stale(entry, age)
+    return Expired(entry, age, age < ttl + max_stale)
+
+
+def stale_instead(status: int | None) -> bool:
+    """RFC 5861 stale-if-error, extended to throttling: a usable stale entry answers
+    instead of an upstream error (`None`: unreachable or timed out), an upstream 429, or a
+    queue wait longer than the client's deadline (also `None`)."""
+    return status is None or status >= 500 or status == 429

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ThrottleReason(StrEnum):
+    """Why the proxy itself answered 429 (logs and metrics)."""
+
+    QUEUE_FULL = "queue_full"
+    DEADLINE = "deadline"
+    CONSUMER_QUOTA = "consumer_quota"
+    CONSUMER_QUEUE_FULL = "consumer_queue_full"
+
 
 class ProxyError(Exception):
     """Root of every error the proxy answers itself, as `{"message": ..., "code": ...}`."""
@@ -69,7 +80,7 @@ class Throttled(ProxyError):
     status = 429
 
     def __init__(
-        self, scope: str, retry_after_ms: int, limit: int, reset_ms: int, reason: str
+        self, scope: str, retry_after_ms: int, limit: int, reset_ms: int, reason: ThrottleReason
     ) -> None:
         super().__init__("429: too many requests")
         self.scope = scope

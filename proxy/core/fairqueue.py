@@ -6,11 +6,25 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-PRIORITIES = ("interactive", "normal", "background")
+
+class Priority(StrEnum):
+    """A request's lane within its consumer (`X-PKProxy-Priority`), best first."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BACKGROUND = "background"
+
+    @property
+    def rank(self) -> int:
+        return PRIORITIES.index(self)
+
+
+PRIORITIES = tuple(Priority)
 # Stride weights of the lanes within one consumer: interactive work overtakes a backlog,
 # and background work still gets one slot in thirteen under sustained load.
 DEFAULT_LANE_WEIGHTS = {"interactive": 8.0, "normal": 4.0, "background": 1.0}

@@ -105,12 +105,15 @@ def forward_request_headers(
         out.append(("User-Agent", user_agent))
     if accept_encoding is not None:
         out.append(("Accept-Encoding", accept_encoding))
-    out.append(("Via", ", ".join([*vias, via])))
+    if via is not None:
+        out.append(("Via", ", ".join([*vias, via])))
     return out
 
 
-def response_headers(headers: Headers, via: str) -> list[tuple[str, str]]:
-    """The upstream response headers passed back: hop-by-hop and upstream rate headers go."""
+def response_headers(headers: Headers, via: str | None) -> list[tuple[str, str]]:
+    """The upstream response headers passed back: hop-by-hop and upstream rate headers go.
+    `via` is appended to upstream's Via; None drops Via (a stored entry gets its own at
+    every answer)."""
     items = list(headers)
     named = _connection_tokens(items)
     out: list[tuple[str, str]] = []
@@ -125,7 +128,8 @@ def response_headers(headers: Headers, via: str) -> list[tuple[str, str]]:
             vias.append(value)
             continue
         out.append((name, value))
-    out.append(("Via", ", ".join([*vias, via])))
+    if via is not None:
+        out.append(("Via", ", ".join([*vias, via])))
     return out
 
 

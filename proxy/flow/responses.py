@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.budget.quotas import Quotas
 from proxy.budget.scheduler import ScopeView
+from proxy.cache.store import Entry
+from proxy.clock import Clock, wall_ms_in
+from proxy.core.cachepolicy import CacheResult
 from proxy.core.errors import ProxyError, Throttled
+from proxy.core.headers import response_headers
+from proxy.core.ratesignal import read_signal, retry_after_header
+from proxy.flow.request import Request
+from proxy.upstream.client import UpstreamResponse
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -43,7 +50,7 @@ def error_response(error: ProxyError, via: str) -> web.Response:
     if isinstance(error, Throttled):
         headers.update(
             {
-                "Retry-After": str(max(1, math.ceil(error.retry_after_ms / 1000))),
+                "Retry-After": retry_after_header(error.retry_after_ms),
                 "X-RateLimit-Limit": str(error.limit),
                 "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset": str(error.reset_ms),
@@ -74,3 +81,40 @@ def passthrough(
         out["Content-Length"] = head_length
         return web.Response(status=status, headers=out)
     return web.Response(status=status, body=body if status not in {204, 304} else None, headers=out)
+
+
+class Responder:
+    """Answers built from upstream responses and cache entries, with this consumer's
+    rate headers."""
+
+    def __init__(self, via: str, quotas: Quotas, clock: Clock) -> None:
+        self._via = via
+        self._quotas = quotas
+        self._clock = clock
+
+    def rate_headers(self, req: Request) -> dict[str, str]:
+        place = req.place
+        view = req.scope.view(place.consumer, place.weight, place.max_wait)
+        return rate_headers(self._quotas.view(req.consumer, view))
+
+    def upstream(
+        self, req: Request, upstream: UpstreamResponse, cache: CacheResult
+    ) -> web.Response:
+        headers = response_headers(upstream.headers, self._via)
+        extra = {**self.rate_headers(req), "X-Cache": cache}
+        if upstream.status == 429:
+            # Upstream's own 429 passed back: the proxy's headers must not invite a retry.
+            signal = read_signal(429, upstream.headers, upstream.body, self._clock.wall())
+            retry_ms = signal.retry_after_ms
+            if retry_ms is None:
+                retry_ms = int(req.scope.next_slot_in() * 1000)
+            extra["Retry-After"] = retry_after_header(retry_ms)
+            extra["X-RateLimit-Remaining"] = "0"
+            extra["X-RateLimit-Reset"] = str(wall_ms_in(self._clock, retry_ms / 1000))
+        head_length = upstream.header("Content-Length") if req.target.method == "HEAD" else None
+        return passthrough(upstream.status, headers, upstream.body, extra, head_length)
+
+    def entry(self, req: Request, entry: Entry, cache: CacheResult) -> web.Response:
+        age = max(0, int(self._clock.wall() - entry.stored_at))
+        extra = {**self.rate_headers(req), "X-Cache": cache, "Age": str(age), "Via": self._via}
+        return passthrough(entry.status, list(entry.headers), entry.body, extra)

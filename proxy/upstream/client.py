@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.clock import Clock
 from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from proxy.settings import UpstreamSettings
 
@@ -65,8 +65,9 @@ async def _headers_sent(
 class Upstream:
     """Sends one request to the fixed upstream origin; never follows redirects."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, clock: Clock) -> None:
         self._settings = settings
+        self._clock = clock
         self._origin = settings.url
         self._session: aiohttp.ClientSession | None = None
 
@@ -105,7 +106,7 @@ class Upstream:
         """Send one request. `on_headers_sent` is called when its headers are written to the
         connection, after any connection setup, which is when pacing must count it sent."""
         assert self._session is not None, "Upstream.start() was not awaited"
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         with _map_errors(self._settings.timeout_seconds):
             async with self._session.request(
                 method,
@@ -120,5 +121,5 @@ class Upstream:
                     (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
                 ]
                 return UpstreamResponse(
-                    response.status, raw_headers, payload, time.perf_counter() - started
+                    response.status, raw_headers, payload, self._clock.monotonic() - started
                 )

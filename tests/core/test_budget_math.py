@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.core import budget
-from proxy.core.budget import PLURALKIT_PROFILE, SEED_PROFILE, scope_for
+from proxy.core.budget import PLURALKIT_PROFILE, scope_for
 from proxy.core.fairqueue import FairQueue
 from proxy.core.quota import QuotaBucket
 
@@ -25,32 +25,10 @@ def test_pluralkit_profile_scopes(method: str, template: str, scope: str) -> Non
     assert scope_for(method, template, PLURALKIT_PROFILE).name == scope
 
 
-def test_seed_interval_has_margin() -> None:
-    """Strict spacing at 1/rate plus the margin: 0.525 s at 2/s and 5 %."""
-    assert SEED_PROFILE[0].interval(0.05) == pytest.approx(0.525)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("1700000000", 1700000000.0), ("1700000000123", 1700000000.123), ("junk", None), ("-5", None)],
-)
-def test_reset_seconds_or_milliseconds(value: str, seconds: float | None) -> None:
-    """X-RateLimit-Reset is read as seconds or milliseconds."""
-    assert budget.reset_to_seconds(value) == (pytest.approx(seconds) if seconds else None)
-
-
-def test_pause_after_429_adds_one_interval() -> None:
-    """Retrying exactly at retry_after can be rejected again: one more interval."""
-    assert budget.pause_after_429(300, 0.525) == pytest.approx(0.825)
-    # the charged boundary rejection says retry_after 0: the bucket moved a whole emission
-    assert budget.pause_after_429(0, 0.525) == pytest.approx(1.05)
-
-
-def test_remaining_capacity_and_retry_after() -> None:
-    """Remaining counts what still fits in max_wait; retry_after is when it would fit."""
-    assert budget.remaining_capacity(0.0, 10.0, 0.5, 2) == 2
-    assert budget.remaining_capacity(11.0, 10.0, 0.5, 2) == 0
+def test_retry_after_is_when_a_refused_request_would_fit() -> None:
+    """retry_after is when the request would fit within its own max wait."""
     assert budget.retry_after_for(12.0, 10.0, 0.2) == pytest.approx(2.0)
+    assert budget.retry_after_for(1.0, 10.0, 0.2) == pytest.approx(0.2)
 
 
 def test_fair_queue_interleaves_a_single_request_after_one_slot() -> None:

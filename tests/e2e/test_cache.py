@@ -10,25 +10,9 @@ import diskcache
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.app import GATEWAY
+from tests.clocks import SteppedWall
 from tests.conftest import MakeProxy
 from tests.fakepk import FakePluralKit
-
-
-class Clock:
-    """A wall clock the test moves by hand (cache ages), instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def drive_clock(proxy: TestServer) -> Clock:
-    clock = Clock()
-    proxy.app[GATEWAY].clock = clock
-    return clock
 
 
 async def get(
@@ -44,10 +28,10 @@ def upstream_count(fake: FakePluralKit, fragment: str = "") -> int:
 
 async def expired_entry(
     make_proxy: MakeProxy, http: aiohttp.ClientSession, **cache: float
-) -> tuple[TestServer, Clock]:
+) -> tuple[TestServer, SteppedWall]:
     """A proxy whose entry for /v2/members/abcde expired 10 minutes ago, past any grace."""
-    proxy = await make_proxy(cache={"grace_seconds": 0.0, **cache})
-    clock = drive_clock(proxy)
+    clock = SteppedWall()
+    proxy = await make_proxy(cache={"grace_seconds": 0.0, **cache}, clock=clock)
     await get(http, proxy, "/v2/members/abcde")
     clock.now += 600
     return proxy, clock
@@ -241,8 +225,8 @@ async def test_max_age_replaces_the_route_ttl(
 ) -> None:
     """Cache-Control: max-age=5 from upstream wins over the configured 120 s."""
     fake.extra_headers["/v2/members/abcde"] = {"Cache-Control": "max-age=5"}
-    proxy = await make_proxy(cache={"grace_seconds": 0.0})
-    clock = drive_clock(proxy)
+    clock = SteppedWall()
+    proxy = await make_proxy(cache={"grace_seconds": 0.0}, clock=clock)
     await get(http, proxy, "/v2/members/abcde")
     clock.now += 4
     assert (await get(http, proxy, "/v2/members/abcde"))[1]["X-Cache"] == "HIT"
@@ -272,8 +256,8 @@ async def test_entries_survive_a_restart_and_corrupt_ones_are_dropped(
     assert len(answered) == 4  # 3 before the restart, the corrupt one after
     assert len(fake.arrivals) - len(answered) <= 1  # the new process did not know the bucket
     await second.close()
-    third = await make_proxy()
-    clock = drive_clock(third)
+    clock = SteppedWall()
+    third = await make_proxy(clock=clock)
     clock.now = 10**10  # far past ttl + max_stale
     assert (await get(http, third, "/v2/groups/grpaa"))[1]["X-Cache"] == "MISS"
 
@@ -282,8 +266,8 @@ async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
     """Within grace: STALE at once, one background refresh, then fresh again."""
-    proxy = await make_proxy(cache={"grace_seconds": 60.0})
-    clock = drive_clock(proxy)
+    clock = SteppedWall()
+    proxy = await make_proxy(cache={"grace_seconds": 60.0}, clock=clock)
     await get(http, proxy, "/v2/members/abcde")
     fake.members["abcde"]["name"] = "Renamed"
     clock.now += 130  # ttl 120 s

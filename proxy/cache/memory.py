@@ -1,0 +1,125 @@
+"""The memory tier: a byte-bounded LRU, alone or in front of another CacheStore."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from proxy.cache.store import CacheStore, Entry, WriteGenerations
+
+
+class MemoryTier:
+    """An LRU bounded by bytes, with a tag index so that a path evicts all its queries."""
+
+    __slots__ = ("_bytes", "_entries", "_limit", "_tags", "evictions")
+
+    def __init__(self, limit_bytes: int) -> None:
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._tags: dict[str, set[str]] = {}
+        self._limit = limit_bytes
+        self._bytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def set(self, key: str, entry: Entry) -> None:
+        self.delete(key)
+        if entry.size > self._limit:
+            return
+        self._entries[key] = entry
+        self._tags.setdefault(entry.tag, set()).add(key)
+        self._bytes += entry.size
+        while self._bytes > self._limit:
+            oldest = next(iter(self._entries))
+            self.delete(oldest)
+            self.evictions += 1
+
+    def delete(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self._bytes -= entry.size
+        keys = self._tags.get(entry.tag)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._tags[entry.tag]
+
+    def evict_tag(self, tag: str) -> int:
+        keys = list(self._tags.get(tag, ()))
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._tags.clear()
+        self._bytes = 0
+
+
+class MemoryFront:
+    """A CacheStore whose reads are answered from memory first. In front of another store
+    (disk, Redis) it fills from it and forwards every write; alone it is the whole cache."""
+
+    def __init__(self, limit_bytes: int, inner: CacheStore | None = None) -> None:
+        self.memory = MemoryTier(limit_bytes)
+        self._inner = inner
+        self._generations = WriteGenerations()
+
+    async def get(self, key: str) -> Entry | None:
+        entry = self.memory.get(key)
+        if entry is not None or self._inner is None:
+            return entry
+        entry = await self._inner.get(key)
+        if entry is not None:
+            self.memory.set(key, entry)
+        return entry
+
+    async def set(self, key: str, entry: Entry, since: int) -> bool:
+        if self._inner is not None:
+            stored = await self._inner.set(key, entry, since)
+        else:
+            stored = not self._generations.outdated(entry.tag, since)
+        if stored:
+            self.memory.set(key, entry)
+        return stored
+
+    async def evict_tag(self, tag: str) -> int:
+        count = self.memory.evict_tag(tag)
+        if self._inner is not None:
+            return count + await self._inner.evict_tag(tag)
+        self._generations.evicted(tag)
+        return count
+
+    async def generation(self) -> int:
+        if self._inner is not None:
+            return await self._inner.generation()
+        return self._generations.current
+
+    async def clear(self) -> int:
+        count = len(self.memory)
+        self.memory.clear()
+        return await self._inner.clear() if self._inner is not None else count
+
+    async def stats(self) -> dict[str, int]:
+        inner = await self._inner.stats() if self._inner is not None else {}
+        return {
+            "memory_entries": len(self.memory),
+            "memory_bytes": self.memory.bytes,
+            "memory_evictions": self.memory.evictions,
+            **inner,
+        }
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()

@@ -1,0 +1,172 @@
+"""The cached path: unauthenticated GET/HEAD answered from the shared cache, coalesced
+misses, background refresh of stale entries, and storing what upstream answered."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.budget.forward import Outbound, Place
+from proxy.cache.store import CacheStore, Entry
+from proxy.core import cachepolicy
+from proxy.core.cachepolicy import CacheResult, Expired, Fresh, Lookup, Miss, Stale
+from proxy.core.errors import Throttled, ThrottleReason, UpstreamTimeout, UpstreamUnavailable
+from proxy.core.fairqueue import Priority
+from proxy.core.headers import cache_encoding_class, forward_request_headers, response_headers
+from proxy.flow.coalesce import Flight, Make
+from proxy.flow.request import Request, RequestLog
+from proxy.flow.responses import Responder
+from proxy.ops.logs import get_logger
+from proxy.upstream.client import UpstreamResponse
+
+if TYPE_CHECKING:
+    from proxy.flow.gateway import Parts
+
+REFRESH_CONSUMER = "pkproxy-refresh"
+_UPSTREAM_FAILURES = (UpstreamUnavailable, UpstreamTimeout, Throttled, TimeoutError)
+
+
+class CachedPath:
+    def __init__(self, parts: Parts, responder: Responder, cache: CacheStore, origin: str) -> None:
+        self._parts = parts
+        self._responder = responder
+        self._cache = cache
+        self._origin = origin
+        self._metrics = parts.metrics
+        self._log = get_logger()
+        self.coalescer = parts.coalescer
+
+    async def serve(self, req: Request, log: RequestLog) -> web.StreamResponse:
+        accept = next((v for k, v in req.headers if k.lower() == "accept-encoding"), None)
+        encoding = cache_encoding_class(accept)
+        key = cachepolicy.cache_key(self._origin, req.target.path_and_query, encoding)
+        state = self._classify(await self._cache.get(key))
+        match state:
+            case Fresh(entry=entry):
+                self._metrics.cache_lookups.labels("hit").inc()
+                log.cache = CacheResult.HIT
+                return self._responder.entry(req, entry, CacheResult.HIT)
+            case Stale(entry=entry):
+                self._metrics.cache_lookups.labels("stale").inc()
+                log.cache = CacheResult.STALE
+                self._refresh(req, key, encoding)
+                return self._responder.entry(req, entry, CacheResult.STALE)
+            case Expired():
+                fallback = state.fallback
+            case Miss():
+                fallback = None
+        self._metrics.cache_lookups.labels("miss").inc()
+        return await self._fetch(req, log, key, encoding, fallback)
+
+    def _classify(self, entry: Entry | None) -> Lookup[Entry]:
+        if entry is None:
+            return Miss()
+        settings = self._parts.settings.cache
+        return cachepolicy.classify_age(
+            entry,
+            entry.stored_at,
+            entry.ttl,
+            self._parts.clock.wall(),
+            settings.grace_seconds,
+            settings.max_stale_seconds,
+        )
+
+    async def _fetch(
+        self, req: Request, log: RequestLog, key: str, encoding: str, fallback: Entry | None
+    ) -> web.StreamResponse:
+        log.cache = CacheResult.MISS
+        place = req.place
+        make = self._make_fetch(req, dataclasses.replace(place), key, encoding, log)
+        try:
+            if key not in self.coalescer:
+                await self._parts.quotas.admit(req.consumer, req.scope)
+            wait = max(0.0, place.deadline - req.scope.now())
+            upstream, shared = await self.coalescer.join(key, make, place.deadline, wait)
+        except _UPSTREAM_FAILURES as error:
+            if fallback is not None and cachepolicy.stale_instead(None):
+                return self._stale_instead(req, log, fallback)
+            if isinstance(error, TimeoutError):
+                wait = req.scope.wait_for_new(place.consumer, place.weight)
+                raise req.scope.throttled(wait, place.max_wait, ThrottleReason.DEADLINE) from None
+            raise
+        if shared:
+            log.cache = CacheResult.COALESCED
+            self._metrics.coalesced.inc()
+        if fallback is not None and cachepolicy.stale_instead(upstream.status):
+            return self._stale_instead(req, log, fallback)
+        return self._responder.upstream(req, upstream, log.cache)
+
+    def _stale_instead(self, req: Request, log: RequestLog, entry: Entry) -> web.Response:
+        log.cache = CacheResult.STALE
+        log.reason = "stale_if_error"
+        self._metrics.cache_lookups.labels("stale_if_error").inc()
+        return self._responder.entry(req, entry, CacheResult.STALE)
+
+    def _make_fetch(
+        self, req: Request, place: Place, key: str, encoding: str, log: RequestLog | None
+    ) -> Make[UpstreamResponse]:
+        upstream_settings = self._parts.settings.upstream
+        # Only what cannot change the answer is forwarded: nothing unkeyed reaches upstream.
+        agent = [(k, v) for k, v in req.headers if k.lower() == "user-agent"]
+        headers = forward_request_headers(
+            agent, upstream_settings.user_agent, upstream_settings.via, encoding
+        )
+        out = Outbound("GET", req.target.path_and_query, headers, b"", place)
+
+        async def fetch(flight: Flight[UpstreamResponse]) -> UpstreamResponse:
+            flight.extend = out.extend
+            since = await self._cache.generation()
+
+            def mark_sent() -> None:
+                flight.sent = True
+
+            try:
+                upstream = await self._parts.forwarder.send(req.scope, out, mark_sent)
+            finally:
+                if log is not None:
+                    log.timed(out)
+            await self._store(req, key, upstream, since)
+            return upstream
+
+        return fetch
+
+    def _refresh(self, req: Request, key: str, encoding: str) -> None:
+        """One background refresh per stale key, at background priority."""
+        if key in self.coalescer:
+            return
+        ceiling = self._parts.settings.budget.max_wait_ceiling_ms / 1000
+        place = Place(
+            REFRESH_CONSUMER, 1.0, Priority.BACKGROUND, ceiling, req.scope.now() + ceiling
+        )
+        make = self._make_fetch(req, place, key, encoding, None)
+        flight, _ = self.coalescer.start(key, make, detached=True)
+        flight.task.add_done_callback(_swallow)
+
+    async def _store(self, req: Request, key: str, upstream: UpstreamResponse, since: int) -> None:
+        decision = cachepolicy.store_decision(
+            upstream.status,
+            upstream.headers,
+            upstream.body,
+            self._parts.settings.cache.ttl_for(req.target.route.template),
+            self._parts.settings.cache.negative_ttl_seconds,
+        )
+        if not decision.store:
+            self._metrics.cache_stores.labels(decision.reason).inc()
+            self._log.debug(
+                "cache.store_skipped", route=req.target.route.template, reason=decision.reason
+            )
+            return
+        tag = cachepolicy.cache_tag(self._origin, req.target.path)
+        headers = tuple(response_headers(upstream.headers, None))
+        now = self._parts.clock.wall()
+        entry = Entry(upstream.status, headers, upstream.body, now, decision.ttl, tag)
+        stored = await self._cache.set(key, entry, since)
+        self._metrics.cache_stores.labels("stored" if stored else "invalidated_in_flight").inc()
+
+
+def _swallow(task: asyncio.Task[UpstreamResponse]) -> None:
+    if not task.cancelled():
+        task.exception()

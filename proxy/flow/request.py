@@ -1,0 +1,44 @@
+"""The values one request carries through the flow: what it is, and the fields of its
+one `request.completed` event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.budget.forward import Outbound, Place
+from proxy.budget.scheduler import ScopeScheduler
+from proxy.core.admission import Target
+from proxy.core.cachepolicy import CacheResult
+from proxy.flow.consumers import Consumer
+
+
+@dataclass(slots=True)
+class Request:
+    """One admitted request, classified."""
+
+    target: Target
+    consumer: Consumer
+    scope: ScopeScheduler
+    place: Place
+    headers: list[tuple[str, str]]
+    body: bytes
+    credentialed: bool
+
+
+@dataclass(slots=True)
+class RequestLog:
+    """The fields of the one `request.completed` event every request produces."""
+
+    method: str
+    started: float
+    consumer: str = "-"
+    consumer_label: str = "-"
+    route: str = "-"
+    scope: str = "-"
+    cache: CacheResult | None = None
+    queue_wait: float = 0.0
+    upstream_time: float = 0.0
+    reason: str | None = None
+
+    def timed(self, out: Outbound) -> None:
+        self.queue_wait, self.upstream_time = out.queue_wait, out.upstream_time
