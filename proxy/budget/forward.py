@@ -14,6 +14,8 @@ from proxy.ops.logs import get_logger
 from proxy.ops.metrics import Metrics
 from proxy.upstream.client import Upstream, UpstreamResponse
 
+_log = get_logger()
+
 
 @dataclass(slots=True)
 class Place:
@@ -53,7 +55,6 @@ class Forwarder:
         self._upstream = upstream
         self._metrics = metrics
         self._clock = clock
-        self._log = get_logger()
         self.in_flight = 0
 
     async def send(
@@ -70,7 +71,7 @@ class Forwarder:
             if not signal.throttled:
                 return response
             self._metrics.upstream_429.labels(scope.spec.name).inc()
-            self._log.warning(
+            _log.warning(
                 "upstream.throttled",
                 scope=scope.spec.name,
                 upstream_scope=signal.scope,

@@ -26,17 +26,14 @@ if TYPE_CHECKING:
     from proxy.flow.gateway import Parts
 
 REFRESH_CONSUMER = "pkproxy-refresh"
+_log = get_logger()
 _UPSTREAM_FAILURES = (UpstreamUnavailable, UpstreamTimeout, Throttled, TimeoutError)
 
 
 class CachedPath:
     def __init__(self, parts: Parts, responder: Responder, cache: CacheStore, origin: str) -> None:
-        self._parts = parts
-        self._responder = responder
-        self._cache = cache
-        self._origin = origin
-        self._metrics = parts.metrics
-        self._log = get_logger()
+        self._parts, self._responder = parts, responder
+        self._cache, self._origin = cache, origin
         self.coalescer = parts.coalescer
 
     async def serve(self, req: Request, log: RequestLog) -> web.StreamResponse:
@@ -46,11 +43,11 @@ class CachedPath:
         state = self._classify(await self._cache.get(key))
         match state:
             case Fresh(entry=entry):
-                self._metrics.cache_lookups.labels("hit").inc()
+                self._parts.metrics.cache_lookups.labels("hit").inc()
                 log.cache = CacheResult.HIT
                 return self._responder.entry(req, entry, CacheResult.HIT)
             case Stale(entry=entry):
-                self._metrics.cache_lookups.labels("stale").inc()
+                self._parts.metrics.cache_lookups.labels("stale").inc()
                 log.cache = CacheResult.STALE
                 self._refresh(req, key, encoding)
                 return self._responder.entry(req, entry, CacheResult.STALE)
@@ -58,7 +55,7 @@ class CachedPath:
                 fallback = state.fallback
             case Miss():
                 fallback = None
-        self._metrics.cache_lookups.labels("miss").inc()
+        self._parts.metrics.cache_lookups.labels("miss").inc()
         return await self._fetch(req, log, key, encoding, fallback)
 
     def _classify(self, entry: Entry | None) -> Lookup[Entry]:
@@ -94,7 +91,7 @@ class CachedPath:
             raise
         if shared:
             log.cache = CacheResult.COALESCED
-            self._metrics.coalesced.inc()
+            self._parts.metrics.coalesced.inc()
         if fallback is not None and cachepolicy.stale_instead(upstream.status):
             return self._stale_instead(req, log, fallback)
         return self._responder.upstream(req, upstream, log.cache)
@@ -102,7 +99,7 @@ class CachedPath:
     def _stale_instead(self, req: Request, log: RequestLog, entry: Entry) -> web.Response:
         log.cache = CacheResult.STALE
         log.reason = "stale_if_error"
-        self._metrics.cache_lookups.labels("stale_if_error").inc()
+        self._parts.metrics.cache_lookups.labels("stale_if_error").inc()
         return self._responder.entry(req, entry, CacheResult.STALE)
 
     def _make_fetch(
@@ -154,8 +151,8 @@ class CachedPath:
             self._parts.settings.cache.negative_ttl_seconds,
         )
         if not decision.store:
-            self._metrics.cache_stores.labels(decision.reason).inc()
-            self._log.debug(
+            self._parts.metrics.cache_stores.labels(decision.reason).inc()
+            _log.debug(
                 "cache.store_skipped", route=req.target.route.template, reason=decision.reason
             )
             return
@@ -164,7 +161,9 @@ class CachedPath:
         now = self._parts.clock.wall()
         entry = Entry(upstream.status, headers, upstream.body, now, decision.ttl, tag)
         stored = await self._cache.set(key, entry, since)
-        self._metrics.cache_stores.labels("stored" if stored else "invalidated_in_flight").inc()
+        self._parts.metrics.cache_stores.labels(
+            "stored" if stored else "invalidated_in_flight"
+        ).inc()
 
 
 def _swallow(task: asyncio.Task[UpstreamResponse]) -> None:
