@@ -42,12 +42,24 @@ class Outbound:
     attempts: int = 0
     ticket: Ticket | None = field(default=None, repr=False)
 
-    def extend(self, deadline: float) -> None:
-        """A coalesced waiter with a later deadline keeps the shared call queued longer."""
-        if deadline > self.place.deadline:
-            self.place.deadline = deadline
+    def lift(self, scope: ScopeScheduler, joiner: Place) -> None:
+        """Priority inheritance: a coalesced waiter keeps the shared call queued as long as
+        it may wait, and moves it to its own place in the queue when that would be served
+        sooner (its consumer's share is then the one charged)."""
+        place = self.place
+        if joiner.deadline > place.deadline:
+            place.deadline = joiner.deadline
             if self.ticket is not None:
-                self.ticket.deadline = deadline
+                self.ticket.deadline = joiner.deadline
+        if not scope.sooner(joiner, place):
+            return
+        place.consumer, place.weight, place.priority = (
+            joiner.consumer,
+            joiner.weight,
+            joiner.priority,
+        )
+        if self.ticket is not None:
+            scope.reposition(self.ticket, joiner.consumer, joiner.weight, joiner.priority)
 
 
 class Forwarder:

@@ -7,6 +7,7 @@ import contextlib
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.budget.pacer import Pacer, PacerFactory
 from proxy.clock import Clock, wall_ms_in
@@ -14,6 +15,9 @@ from proxy.core import budget
 from proxy.core.budget import ScopeSpec
 from proxy.core.errors import Throttled, ThrottleReason
 from proxy.core.fairqueue import FairQueue, Priority
+
+if TYPE_CHECKING:
+    from proxy.budget.forward import Place
 
 _UTILISATION_WINDOW = 60.0
 # How long a request may take to be handed a slot that was free when it arrived.
@@ -161,6 +165,15 @@ class ScopeScheduler:
                 self._withdraw(ticket)
                 wait = self.wait_for_new(ticket.consumer, ticket.weight)
                 raise self.throttled(wait, max_wait, ThrottleReason.DEADLINE) from None
+
+    def sooner(self, joiner: Place, current: Place) -> bool:
+        """Whether a request at `joiner`'s place would be served before one at `current`'s
+        (estimated: a queued request is at worst at the end of its consumer's lane)."""
+        if joiner.consumer == current.consumer:
+            return joiner.priority.rank < current.priority.rank
+        mine = self._queue.ahead_of_new(joiner.consumer, joiner.weight)
+        theirs = self._queue.ahead_of_new(current.consumer, current.weight)
+        return mine < theirs or (mine == theirs and joiner.priority.rank < current.priority.rank)
 
     def reposition(self, ticket: Ticket, consumer: str, weight: float, priority: Priority) -> None:
         """Move a queued ticket to a better place (a waiter with a better one joined it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -81,7 +82,7 @@ class CachedPath:
             if key not in self.coalescer:
                 await self._parts.quotas.admit(req.consumer, req.scope)
             wait = max(0.0, place.deadline - req.scope.now())
-            upstream, shared = await self.coalescer.join(key, make, place.deadline, wait)
+            upstream, shared = await self.coalescer.join(key, make, place, wait)
         except _UPSTREAM_FAILURES as error:
             if fallback is not None and cachepolicy.stale_instead(None):
                 return self._stale_instead(req, log, fallback)
@@ -114,7 +115,7 @@ class CachedPath:
         out = Outbound("GET", req.target.path_and_query, headers, b"", place)
 
         async def fetch(flight: Flight[UpstreamResponse]) -> UpstreamResponse:
-            flight.extend = out.extend
+            flight.joined = functools.partial(out.lift, req.scope)
             since = await self._cache.generation()
 
             def mark_sent() -> None:

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from proxy.budget.forward import Place
+
 T = TypeVar("T")
 
 
@@ -18,7 +20,7 @@ class Flight(Generic[T]):
     waiters: int = 0
     detached: bool = False  # a background refresh: nobody waits, nothing cancels it
     sent: bool = False  # once sent it runs to the end, so that its answer is stored
-    extend: Callable[[float], None] | None = None  # lets a later waiter lengthen the deadline
+    joined: Callable[[Place], None] | None = None  # a later waiter's place may lift the call
 
 
 Make = Callable[[Flight[T]], Awaitable[T]]
@@ -52,7 +54,7 @@ class Coalescer(Generic[T]):
         self._flights[key] = flight
         return flight, False
 
-    async def join(self, key: str, make: Make[T], deadline: float, wait: float) -> tuple[T, bool]:
+    async def join(self, key: str, make: Make[T], place: Place, wait: float) -> tuple[T, bool]:
         """Wait for the shared call (starting it if needed); True if another started it.
 
         A waiter waits at most `wait` seconds for the call to be *sent*; once it is sent,
@@ -61,8 +63,8 @@ class Coalescer(Generic[T]):
         call was sent, it is cancelled so that no slot is spent.
         """
         flight, existing = self.start(key, make)
-        if existing and flight.extend is not None:
-            flight.extend(deadline)
+        if existing and flight.joined is not None:
+            flight.joined(place)
         flight.waiters += 1
         try:
             try:
