@@ -17,7 +17,7 @@ from proxy.clock import Clock, SystemClock
 from proxy.flow.coalesce import Coalescer
 from proxy.flow.consumers import Consumers
 from proxy.flow.gateway import Gateway, Parts
-from proxy.ops.endpoints import BOARD, GATEWAY, METRICS, OWN_ENDPOINTS
+from proxy.ops.endpoints import BOARD, GATEWAY, METRICS, own_endpoint
 from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
 from proxy.settings import Settings
@@ -78,9 +78,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Own endpoints by exact raw path; everything else is the gateway's to admit or refuse."""
-    own = OWN_ENDPOINTS.get(request.raw_path.partition("?")[0])
-    if own is not None and request.method in {"GET", "HEAD"}:
-        return await own(request)
+    own = await own_endpoint(request, request.raw_path.partition("?")[0])
+    if own is not None:
+        return own
     return await request.app[GATEWAY].handle(request)
 
 

@@ -132,17 +132,28 @@ class ScopeScheduler:
         return Throttled(self.spec.name, int(retry * 1000) + 1, self.spec.limit, reset, reason)
 
     # -- the flow ------------------------------------------------------------------
+    def admissible(self, consumer: str, weight: float, deadline: float) -> float:
+        """The deadline a new request really has, or Throttled at once if it cannot be met
+        (then nothing is queued and no upstream slot is spent for it). A free slot is
+        granted on the scheduler's next turn of the loop: a request that may not wait at
+        all (max wait 0) still gets it."""
+        wait = self.wait_for_new(consumer, weight)
+        if wait == 0.0:
+            return max(deadline, self.now() + _FREE_SLOT_GRACE)
+        if self.now() + wait > deadline:
+            raise self.throttled(wait, max(0.0, deadline - self.now()), ThrottleReason.DEADLINE)
+        return deadline
+
     async def acquire(self, ticket: Ticket, max_wait: float, front: bool = False) -> float:
         """Wait for a slot; raise Throttled if the deadline cannot be or was not met."""
-        wait = self.wait_for_new(ticket.consumer, ticket.weight)
         if not front and len(self._queue) >= self.max_queue:
+            wait = self.wait_for_new(ticket.consumer, ticket.weight)
             raise self.throttled(wait, max_wait, ThrottleReason.QUEUE_FULL)
-        if wait == 0.0:
-            # A free slot is granted on the scheduler's next turn of the loop: a request
-            # that may not wait at all (max wait 0) still gets it.
-            ticket.deadline = max(ticket.deadline, self.now() + _FREE_SLOT_GRACE)
-        if self.now() + wait > ticket.deadline:
-            raise self.throttled(wait, max_wait, ThrottleReason.DEADLINE)
+        try:
+            ticket.deadline = self.admissible(ticket.consumer, ticket.weight, ticket.deadline)
+        except Throttled as refused:
+            wait = self.wait_for_new(ticket.consumer, ticket.weight)
+            raise self.throttled(wait, max_wait, ThrottleReason.DEADLINE) from refused
         self._queue.push(ticket.consumer, ticket.weight, ticket.priority, ticket, front)
         self._wakeup.set()
         try:

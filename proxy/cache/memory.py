@@ -97,7 +97,7 @@ class MemoryFront:
     async def evict_tag(self, tag: str) -> int:
         count = self.memory.evict_tag(tag)
         if self._inner is not None:
-            return count + await self._inner.evict_tag(tag)
+            return await self._inner.evict_tag(tag)  # it holds all; memory held copies
         self._generations.evicted(tag)
         return count
 

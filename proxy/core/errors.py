@@ -20,9 +20,10 @@ class ProxyError(Exception):
     status = 500
     code = 0
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason  # for the request.completed event: why, never a secret
 
     def body(self) -> dict[str, object]:
         return {"message": self.message, "code": self.code}
@@ -34,6 +35,10 @@ class BadRequest(ProxyError):
 
 class Unauthorized(ProxyError):
     status = 401
+
+
+class Forbidden(ProxyError):
+    status = 403
 
 
 class NotFound(ProxyError):
@@ -79,15 +84,16 @@ class Throttled(ProxyError):
 
     status = 429
 
+    reason: ThrottleReason
+
     def __init__(
         self, scope: str, retry_after_ms: int, limit: int, reset_ms: int, reason: ThrottleReason
     ) -> None:
-        super().__init__("429: too many requests")
+        super().__init__("429: too many requests", reason)
         self.scope = scope
         self.retry_after_ms = max(0, retry_after_ms)
         self.limit = limit
         self.reset_ms = reset_ms
-        self.reason = reason
 
     def body(self) -> dict[str, object]:
         return {

@@ -13,10 +13,18 @@ from aiohttp import web
 from proxy.budget.forward import Outbound, Place
 from proxy.cache.store import CacheStore, Entry
 from proxy.core import cachepolicy
+from proxy.core.admission import admit
 from proxy.core.cachepolicy import CacheResult, Expired, Fresh, Lookup, Miss, Stale
-from proxy.core.errors import Throttled, ThrottleReason, UpstreamTimeout, UpstreamUnavailable
+from proxy.core.errors import (
+    NotFound,
+    Throttled,
+    ThrottleReason,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from proxy.core.fairqueue import Priority
 from proxy.core.headers import cache_encoding_class, forward_request_headers, response_headers
+from proxy.core.routes import UNKNOWN_ROUTE
 from proxy.flow.coalesce import Flight, Make
 from proxy.flow.request import Request, RequestLog
 from proxy.flow.responses import Responder
@@ -59,6 +67,19 @@ class CachedPath:
         self._parts.metrics.cache_lookups.labels("miss").inc()
         return await self._fetch(req, log, key, encoding, fallback)
 
+    async def purge(self, raw_path: str) -> tuple[str, int]:
+        """Evict every cached answer for one path (all queries and encodings); the path is
+        admitted and its ids folded exactly as request keys are."""
+        target = admit("GET", raw_path)
+        if target.route.template == UNKNOWN_ROUTE:
+            raise NotFound(f"404: not a cacheable PluralKit path: {target.path}")
+        return target.path, await self._cache.evict_tag(
+            cachepolicy.cache_tag(self._origin, target.path)
+        )
+
+    async def clear(self) -> int:
+        return await self._cache.clear()
+
     def _classify(self, entry: Entry | None) -> Lookup[Entry]:
         if entry is None:
             return Miss()
@@ -77,10 +98,12 @@ class CachedPath:
     ) -> web.StreamResponse:
         log.cache = CacheResult.MISS
         place = req.place
-        make = self._make_fetch(req, dataclasses.replace(place), key, encoding, log)
         try:
             if key not in self.coalescer:
+                # Refused before a flight starts: a 429 never spends an upstream slot.
+                place.deadline = req.scope.admissible(place.consumer, place.weight, place.deadline)
                 await self._parts.quotas.admit(req.consumer, req.scope)
+            make = self._make_fetch(req, dataclasses.replace(place), key, encoding, log)
             wait = max(0.0, place.deadline - req.scope.now())
             upstream, shared = await self.coalescer.join(key, make, place, wait)
         except _UPSTREAM_FAILURES as error:

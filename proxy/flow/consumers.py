@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from proxy.core.errors import Unauthorized
+from proxy.core.errors import Forbidden, Unauthorized
 from proxy.settings import ConsumerSettings, ConsumerSpec
 
 PEER_LABEL = "peer"
@@ -36,9 +36,11 @@ class Consumers:
             if spec is not None:
                 return Consumer(spec.name, spec.name, spec.weight, spec.priority, spec)
             if presented is not None:
-                raise Unauthorized("401: unknown X-PKProxy-Key")
+                raise Unauthorized("401: unknown X-PKProxy-Key", "key_wrong")
             if self._settings.require_key:
-                raise Unauthorized("401: this proxy requires an X-PKProxy-Key header")
+                raise Unauthorized(
+                    "401: this proxy requires an X-PKProxy-Key header", "key_missing"
+                )
         address = self.client_address(peer, headers.get("X-Forwarded-For"))
         return Consumer(
             address, PEER_LABEL, self._settings.default_weight, self._settings.default_priority
@@ -76,3 +78,12 @@ class Consumers:
         except ValueError:
             return False
         return any(ip in network for network in self._settings.trusted_proxies)
+
+    def ops_allowed(self, peer: str | None, headers: Mapping[str, str]) -> None:
+        """The proxy's status, metrics and admin endpoints show consumer names and act on
+        the shared cache: when keys are required, they need a consumer key marked `ops`."""
+        if not self._settings.require_key:
+            return
+        consumer = self.identify(peer, headers)
+        if consumer.spec is None or not consumer.spec.ops:
+            raise Forbidden("403: this endpoint needs a consumer key with ops = true", "not_ops")

@@ -25,6 +25,7 @@ from proxy.core.errors import (
     PayloadTooLarge,
     ProxyError,
     Throttled,
+    Unauthorized,
 )
 from proxy.core.fairqueue import Priority
 from proxy.core.headers import has_credential, header_bytes, parse_control
@@ -89,9 +90,11 @@ class Gateway:
         try:
             response = await self._handle(request, log)
         except ProxyError as error:
+            log.reason = error.reason
             if isinstance(error, Throttled):
-                log.reason = error.reason
                 self._metrics.local_429.labels(log.scope, log.consumer_label, error.reason).inc()
+            elif isinstance(error, Unauthorized):
+                log.consumer = request.remote or "-"  # who tried: the peer, never the key
             response = error_response(error, self.settings.upstream.via)
             log.cache = log.cache or CacheResult.NONE
         except asyncio.CancelledError:
@@ -117,15 +120,15 @@ class Gateway:
         self.parts.board.record(log, status)
         self._log.info(
             "request.completed",
-            consumer=log.consumer,
+            status=status,
             method=log.method,
             route=log.route,
+            duration_ms=round(duration * 1000, 1),
+            consumer=log.consumer,
             scope=log.scope,
-            status=status,
             cache=str(cache),
             queue_wait_ms=round(log.queue_wait * 1000, 1),
             upstream_ms=round(log.upstream_time * 1000, 1),
-            duration_ms=round(duration * 1000, 1),
             **({"reason": log.reason} if log.reason else {}),
         )
 

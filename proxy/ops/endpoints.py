@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.core.errors import MethodNotAllowed, ProxyError
 from proxy.flow.gateway import Gateway
+from proxy.flow.responses import error_response
 from proxy.ops.metrics import CONTENT_TYPE, Metrics
 from proxy.ops.status import StatusBoard
 
@@ -46,10 +48,45 @@ async def status_endpoint(request: web.Request) -> web.Response:
     return web.json_response(await request.app[BOARD].snapshot())
 
 
+async def cache_endpoint(request: web.Request) -> web.Response:
+    """`DELETE /cache?path=/v2/members/abcde` evicts one path (every query and encoding,
+    ids folded as in keys); `DELETE /cache` empties the cache, memory tier included."""
+    cached = request.app[GATEWAY].cached
+    if cached is None:
+        return web.json_response({"cache": "disabled", "evicted": 0})
+    path = request.query.get("path")
+    if path is None:
+        return web.json_response({"cleared": await cached.clear()})
+    folded, evicted = await cached.purge(path)
+    return web.json_response({"path": folded, "evicted": evicted})
+
+
 # The proxy's own paths, matched exactly on the raw path: everything else is the gateway's.
-OWN_ENDPOINTS: dict[str, Endpoint] = {
-    "/healthz": healthz,
-    "/readyz": readyz,
-    "/metrics": metrics_endpoint,
-    "/status": status_endpoint,
+OWN_ENDPOINTS: dict[str, dict[str, Endpoint]] = {
+    "/healthz": {"GET": healthz, "HEAD": healthz},
+    "/readyz": {"GET": readyz, "HEAD": readyz},
+    "/metrics": {"GET": metrics_endpoint, "HEAD": metrics_endpoint},
+    "/status": {"GET": status_endpoint, "HEAD": status_endpoint},
+    "/cache": {"DELETE": cache_endpoint},
 }
+# Probes stay open; the rest show consumer names or act on the cache (see ops_allowed).
+OPEN_ENDPOINTS = frozenset({"/healthz", "/readyz"})
+
+
+async def own_endpoint(request: web.Request, path: str) -> web.StreamResponse | None:
+    """Answer one of the proxy's own endpoints, or None if `path` is not one of them.
+    Refusals have PluralKit's error shape."""
+    methods = OWN_ENDPOINTS.get(path)
+    if methods is None:
+        return None
+    gateway = request.app[GATEWAY]
+    try:
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(methods)
+            raise MethodNotAllowed(f"405: {path} allows {allowed}")
+        if path not in OPEN_ENDPOINTS:
+            gateway.parts.consumers.ops_allowed(request.remote, request.headers)
+        return await handler(request)
+    except ProxyError as error:
+        return error_response(error, gateway.settings.upstream.via)

@@ -27,7 +27,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_output
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty(), sort_keys=False)
     )
     structlog.configure(
         processors=[

@@ -154,6 +154,7 @@ class ConsumerSpec:
     rate: float | None = None
     burst: int = 1
     max_queued: int | None = None
+    ops: bool = False  # may read /status and /metrics and purge the cache when keys are required
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,12 +259,15 @@ def _build_consumer(
     if not isinstance(item, Mapping):
         c.problems.append(f"{where} must be a table")
         return None
-    allowed = {"name", "key", "weight", "priority", "rate", "burst", "max_queued"}
+    allowed = {"name", "key", "weight", "priority", "rate", "burst", "max_queued", "ops"}
     unknown = set(item) - allowed
     bad = [f"unknown keys {', '.join(sorted(unknown))}"] if unknown else []
     name, key = item.get("name"), item.get("key")
     weight, priority = item.get("weight", 1.0), item.get("priority", default_priority)
     rate, burst, max_queued = item.get("rate"), item.get("burst", 1), item.get("max_queued")
+    ops = item.get("ops", False)
+    if not isinstance(ops, bool):
+        bad.append("ops must be true or false")
     if not isinstance(name, str) or not name:
         bad.append("name must be a non-empty string")
     if not isinstance(key, str) or len(key) < 8:
@@ -293,6 +296,7 @@ def _build_consumer(
         float(rate) if rate is not None else None,
         burst,
         max_queued,
+        ops is True,
     )
 
 

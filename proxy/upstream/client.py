@@ -32,19 +32,25 @@ class UpstreamResponse:
 
 
 @contextmanager
-def _map_errors(timeout: float) -> Iterator[None]:
-    """Translate aiohttp's and asyncio's errors into the proxy's, in one place."""
+def _map_errors(timeout: float, host: str) -> Iterator[None]:
+    """Translate aiohttp's and asyncio's errors into the proxy's, in one place. The client
+    gets a short message; the log's reason names the kind and the host."""
     try:
         yield
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(f"upstream did not answer within {timeout:g} s") from exc
+        raise UpstreamTimeout(
+            f"upstream did not answer within {timeout:g} s", f"timeout: {host}"
+        ) from exc
     except aiohttp.ClientConnectorError as exc:
+        cause = exc.os_error.strerror or str(exc)
         raise UpstreamUnavailable(
-            f"cannot connect to upstream: {exc.os_error.strerror or exc}"
+            f"cannot connect to upstream: {cause}", f"connect_failed: {host}: {cause}"
         ) from exc
     except aiohttp.ClientError as exc:
-        reason = type(exc).__name__
-        raise UpstreamUnavailable(f"upstream connection failed ({reason})") from exc
+        kind = type(exc).__name__
+        raise UpstreamUnavailable(
+            f"upstream connection failed ({kind})", f"connection_lost: {host}: {kind}"
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,7 @@ class Upstream:
         connection, after any connection setup, which is when pacing must count it sent."""
         assert self._session is not None, "Upstream.start() was not awaited"
         started = self._clock.monotonic()
-        with _map_errors(self._settings.timeout_seconds):
+        with _map_errors(self._settings.timeout_seconds, self._origin.authority):
             async with self._session.request(
                 method,
                 self.url(path_and_query),
