@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import MakeProxy
 from tests.fakepk import PLURALKIT_SCOPES, FakePluralKit, pluralkit_scope
+from tests.waits import accounted_for, arrivals_reach, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ async def test_short_max_wait_is_refused_at_once_long_wait_is_served(
     backlog = [
         asyncio.create_task(http.get(proxy.make_url(f"/v2/members/abcde?b={n}"))) for n in range(4)
     ]
-    await asyncio.sleep(0.1)
+    await accounted_for(http, proxy, fake, 4)
     started = time.monotonic()
     async with http.get(
         proxy.make_url("/v2/members/abcde?short=1"), headers={"X-PKProxy-Max-Wait": "100"}
@@ -179,8 +180,8 @@ async def test_429_without_body_pauses_until_reset_in_seconds_or_ms(
     }
     proxy = await make_proxy()
 
-    async def lift() -> None:
-        await asyncio.sleep(0.3)
+    async def lift() -> None:  # once the first attempt has had its 429
+        await wait_until(lambda: fake.arrivals and fake.arrivals[0].status == 429)
         del fake.force_status["/v2/members/abcde"]
 
     lifter = asyncio.create_task(lift())
@@ -203,7 +204,8 @@ async def test_full_queue_answers_429_at_once(
                 http.get(proxy.make_url(f"/v2/members/abcde?n={n}"), headers={"Authorization": "x"})
             )
         )
-        await asyncio.sleep(0.1)
+        # One at a time, the first one sent before the next comes in.
+        await (arrivals_reach(fake, 1) if n == 0 else accounted_for(http, proxy, fake, n + 1))
     started = time.monotonic()
     async with http.get(
         proxy.make_url("/v2/members/abcde?late=1"), headers={"Authorization": "x"}
@@ -229,7 +231,7 @@ async def test_remaining_zero_pauses_the_scope_for_a_slot(
     first = asyncio.create_task(
         http.get(proxy.make_url("/v2/members/abcde"), headers={"Authorization": "x"})
     )
-    await asyncio.sleep(0.05)
+    await arrivals_reach(fake, 1)
     async with http.get(proxy.make_url("/v2/members/prvmb"), headers={"Authorization": "x"}) as r:
         assert r.status == 200
     (await first).release()

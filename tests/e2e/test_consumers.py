@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from proxy.app import GATEWAY, METRICS
 from tests.conftest import MakeProxy
 from tests.fakepk import FakePluralKit
+from tests.waits import accounted_for, arrivals_reach
 
 KEYS = [
     {"name": "bulk", "key": "bulk-key-123456", "weight": 1},
@@ -71,7 +72,7 @@ async def test_single_requests_are_not_stuck_behind_a_flood(
         )
         for n in range(500)
     ]
-    await asyncio.sleep(0.3)
+    await accounted_for(http, proxy, fast_fake, 500, consumer="bulk", timeout=15.0)
     waits = []
     for n in range(10):
         status, elapsed, _, _ = await timed_get(
@@ -79,7 +80,7 @@ async def test_single_requests_are_not_stuck_behind_a_flood(
         )
         assert status == 200
         waits.append(elapsed)
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.15)  # the scenario: single requests, spaced, not a backlog
     for task in flood:
         task.cancel()
     await asyncio.gather(*flood, return_exceptions=True)
@@ -104,8 +105,7 @@ async def test_weights_split_slots_under_saturation(
         for n in range(100)
         for who in ("heavy", "bulk")
     ]
-    while len(fast_fake.arrivals) < 41:
-        await asyncio.sleep(0.05)
+    await arrivals_reach(fast_fake, 41, timeout=15.0)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -136,7 +136,7 @@ async def test_interactive_overtakes_background_and_background_still_progresses(
         )
         for n in range(40)
     ]
-    await asyncio.sleep(0.25)
+    await accounted_for(http, proxy, fast_fake, 40)
     status, elapsed, _, _ = await timed_get(
         http,
         proxy,
@@ -160,8 +160,7 @@ async def test_interactive_overtakes_background_and_background_still_progresses(
         for n in range(60)
     ]
     start = len(fast_fake.arrivals)
-    while len(fast_fake.arrivals) < start + 30:
-        await asyncio.sleep(0.05)
+    await arrivals_reach(fast_fake, start + 30, timeout=15.0)
     for task in background + interactive:
         task.cancel()
     await asyncio.gather(*background, *interactive, return_exceptions=True)
@@ -204,7 +203,7 @@ async def test_headers_let_a_polite_client_avoid_429(
             http, proxy, f"/v2/members/abcde?p={n}", keyed("limited")
         )
         assert status == 200, n
-        if headers["X-RateLimit-Remaining"] == "0":
+        if headers["X-RateLimit-Remaining"] == "0":  # pacing: the polite client waits
             await asyncio.sleep(max(0.0, int(headers["X-RateLimit-Reset"]) / 1000 - time.time()))
 
 

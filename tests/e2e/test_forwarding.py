@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import MakeProxy
 from tests.fakepk import FakePluralKit
+from tests.waits import arrivals_reach
 
 
 def upstream_headers(fake: FakePluralKit, index: int = -1) -> dict[str, str]:
@@ -277,14 +278,16 @@ async def test_client_that_disconnects_while_queued_is_never_sent(
     """A queued request whose client goes away gives its slot back: nothing is sent for it."""
     proxy = await make_proxy()
     first = asyncio.create_task(http.get(proxy.make_url("/v2/members/abcde?first=1")))
-    await asyncio.sleep(0.05)
+    await arrivals_reach(fake, 1)
     async with aiohttp.ClientSession() as impatient:
         with pytest.raises(asyncio.TimeoutError):
             await impatient.get(
                 proxy.make_url("/v2/members/abcde?gone=1"), timeout=aiohttp.ClientTimeout(total=0.2)
             )
     (await first).release()
-    await asyncio.sleep(0.8)  # past the slot the departed request would have had
+    # Pacing, not a barrier: let time pass beyond the slot the departed request would have
+    # had, so that sending it by mistake would show in the arrivals.
+    await asyncio.sleep(0.8)
     async with http.get(proxy.make_url("/v2/members/abcde?after=1")) as r:
         assert r.status == 200
     paths = [a.path for a in fake.arrivals]

@@ -16,10 +16,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, make_mocked_request
 
-from proxy.app import create_app, readyz
+from proxy.app import create_app
 from proxy.settings import load_settings
 from tests.conftest import MakeProxy
 from tests.fakepk import FakePluralKit
+from tests.waits import accounted_for, port_accepts, port_refuses, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = [
@@ -105,7 +106,9 @@ async def test_status_reports_scopes_cache_and_consumers(
 async def test_readyz_is_503_before_startup(tmp_path: Path) -> None:
     """Before the application's startup has run, readiness is 503 'starting'."""
     app = create_app(load_settings(env={}, overrides={"cache": {"directory": str(tmp_path)}}))
-    response = await readyz(make_mocked_request("GET", "/readyz", app=app))
+    request = make_mocked_request("GET", "/readyz", app=app)
+    match = await app.router.resolve(request)  # the handler, wherever it is defined
+    response = await match.handler(request)
     assert response.status == 503
     assert json.loads(response.body)["reason"] == "starting"  # type: ignore[arg-type]
 
@@ -125,15 +128,12 @@ async def start_process(env: dict[str, str], port: int) -> subprocess.Popen[byte
     process = subprocess.Popen(  # noqa: ASYNC220 - starting a process does not block
         [sys.executable, "-m", "proxy"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
     )
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return process
-        except OSError:
-            await asyncio.sleep(0.05)
-    process.kill()
-    raise AssertionError("pkproxy did not start")
+    try:
+        await wait_until(lambda: port_accepts(port), 10.0, 0.05, "pkproxy started")
+    except AssertionError:
+        process.kill()
+        raise
+    return process
 
 
 @pytest.mark.slow
@@ -158,6 +158,7 @@ async def test_sigterm_drains_then_exits_0_and_the_cache_persists(
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/v2/members/abcde") as r:
             assert r.status == 200
+        # Pacing, not a barrier: the slot frees, so the first queued request goes at once.
         await asyncio.sleep(0.6)
         fake.delay = 0.4
         queued = [
@@ -166,9 +167,9 @@ async def test_sigterm_drains_then_exits_0_and_the_cache_persists(
             )
             for n in range(8)
         ]
-        await asyncio.sleep(0.2)
+        await accounted_for(http, base, fake, 1 + 8)  # one in flight upstream, seven queued
         process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: port_refuses(port), what="the drain stopped accepting")
         async with probe.get(f"{base}/readyz") as r:  # new connections are refused now
             assert r.status == 503
         await probe.close()
