@@ -8,6 +8,8 @@ import json
 import signal
 import sys
 import textwrap
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -18,6 +20,9 @@ from aiohttp import web
 from proxy import __version__
 from proxy.app import GATEWAY, create_app
 from proxy.cache.disk import open_disk
+from proxy.core.admission import admit
+from proxy.core.cachepolicy import cache_tag
+from proxy.core.errors import ProxyError
 from proxy.ops.drain import drain
 from proxy.ops.logs import configure_logging, get_logger
 from proxy.settings import ConfigError, Settings, load_settings
@@ -136,10 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     ]
     cache.add_argument(
         "action",
-        choices=["stats", "clear"],
+        choices=["stats", "clear", "purge"],
         help="stats: entries and bytes on disk, plus the hit ratio of a proxy running at the "
-        "configured address; clear: empty the disk tier",
+        "configured address; clear: empty the cache (through the running proxy, memory tier "
+        "included, else the disk directly); purge PATH: evict one path, e.g. /v2/members/abcde",
     )
+    cache.add_argument("path", nargs="?", help="the path to purge (purge only)")
     for command in commands:
         _add_global_flags(command, after_command=True)
     return parser
@@ -206,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("configuration OK", file=sys.stderr)
         return 0
     if args.command == "cache":
-        return _cache_command(settings, args.action)
+        return _cache_command(settings, args.action, args.path)
     configure_logging(settings.log.level, settings.log.format)
     warn_ignored_env(settings)
     return _run(serve(settings), settings.server.event_loop)
@@ -226,13 +233,38 @@ def _run(coro: Any, event_loop: str) -> int:
     return int(asyncio.run(coro))
 
 
-def _cache_command(settings: Settings, action: str) -> int:
+def _cache_command(settings: Settings, action: str, path: str | None) -> int:
+    if (action == "purge") != (path is not None):
+        print("pkproxy: cache purge takes one PATH; stats and clear take none", file=sys.stderr)
+        return 2
+    if action == "stats":
+        return _cache_stats(settings)
+    query = "" if path is None else "?" + urllib.parse.urlencode({"path": path})
+    running = _admin(settings, "DELETE", "/cache" + query)
+    if running is not None:
+        print(json.dumps({"running": True, **running}))
+        return 0 if "message" not in running else 1
+    # No proxy answers at the configured address: act on the disk directory itself.
     disk = open_disk(settings.cache.directory, settings.cache.disk_bytes)
     try:
-        if action == "clear":
-            removed = disk.clear()
-            print(json.dumps({"directory": settings.cache.directory, "removed": removed}))
-            return 0
+        if path is None:
+            outcome: dict[str, Any] = {"removed": disk.clear()}
+        else:
+            target = admit("GET", path)
+            tag = cache_tag(str(settings.upstream.url), target.path)
+            outcome = {"path": target.path, "evicted": disk.evict(tag)}
+    except ProxyError as error:
+        print(f"pkproxy: {error.message}", file=sys.stderr)
+        return 2
+    finally:
+        disk.close()
+    print(json.dumps({"running": False, "directory": settings.cache.directory, **outcome}))
+    return 0
+
+
+def _cache_stats(settings: Settings) -> int:
+    disk = open_disk(settings.cache.directory, settings.cache.disk_bytes)
+    try:
         stats: dict[str, Any] = {
             "directory": settings.cache.directory,
             "entries": len(disk),
@@ -243,6 +275,31 @@ def _cache_command(settings: Settings, action: str) -> int:
     stats["running"] = _running_stats(settings)
     print(json.dumps(stats, indent=2))
     return 0
+
+
+def _admin(settings: Settings, method: str, path: str) -> dict[str, Any] | None:
+    """Ask the proxy running at the configured address (with an ops key from the same
+    configuration, when there is one); None if nothing answers there."""
+    host = settings.server.host
+    host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+    if ":" in host:
+        host = f"[{host}]"
+    request = urllib.request.Request(f"http://{host}:{settings.server.port}{path}", method=method)
+    ops = next((spec.key for spec in settings.consumers.keys if spec.ops), None)
+    if ops is not None:
+        request.add_header("X-PKProxy-Key", ops)
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as answer:
+            data: dict[str, Any] = json.load(answer)
+            return data
+    except urllib.error.HTTPError as error:
+        try:
+            refused: dict[str, Any] = json.load(error)
+        except ValueError:
+            refused = {"message": f"HTTP {error.code}"}
+        return refused
+    except (OSError, ValueError):
+        return None
 
 
 def _running_stats(settings: Settings) -> Any:

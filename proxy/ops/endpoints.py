@@ -56,7 +56,7 @@ async def cache_endpoint(request: web.Request) -> web.Response:
         return web.json_response({"cache": "disabled", "evicted": 0})
     path = request.query.get("path")
     if path is None:
-        return web.json_response({"cleared": await cached.clear()})
+        return web.json_response({"removed": await cached.clear()})
     folded, evicted = await cached.purge(path)
     return web.json_response({"path": folded, "evicted": evicted})
 

@@ -271,9 +271,45 @@ def test_cache_clear_empties_only_the_default_directory_of_its_port(
             disk.set("/v2/members/abcde", b"{}")
     assert main(["--port", "9000", "cache", "clear"]) == 0
     cleared = json.loads(capsys.readouterr().out)
-    assert cleared == {"directory": str(tmp_path / "pkproxy" / "9000"), "removed": 1}
+    directory = str(tmp_path / "pkproxy" / "9000")
+    assert cleared == {"running": False, "directory": directory, "removed": 1}
     with diskcache.Cache(str(tmp_path / "pkproxy" / "9001")) as disk:
         assert len(disk) == 1
     with pytest.raises(SystemExit):
         parse_args(["cache", "--help"])
     assert "pkproxy/<port>" in capsys.readouterr().out
+
+
+async def test_cache_purge_and_clear_reach_the_running_proxy(
+    make_proxy: MakeProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """`cache purge PATH` and `cache clear` act on the running proxy, memory tier included:
+    the next read of what they removed is a miss, and what they did not touch a hit."""
+    proxy = await make_proxy()
+    for path in ("/v2/members/abcde", "/v2/systems/exmpl"):
+        async with http.get(proxy.make_url(path)) as r:
+            assert r.status == 200
+    env = {"PKPROXY_CACHE_DIRECTORY": str(tmp_path / "cache"), "PKPROXY_PORT": str(proxy.port)}
+    purged = await asyncio.to_thread(pkproxy, "cache", "purge", "/v2/members/ABC-DE", env=env)
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout) == {"running": True, "path": "/v2/members/abcde", "evicted": 1}
+
+    async def x_cache(path: str) -> str:
+        async with http.get(proxy.make_url(path)) as r:
+            return r.headers["X-Cache"]
+
+    assert await x_cache("/v2/members/abcde") == "MISS"
+    assert await x_cache("/v2/systems/exmpl") == "HIT"
+    cleared = await asyncio.to_thread(pkproxy, "cache", "clear", env=env)
+    assert json.loads(cleared.stdout)["running"] is True
+    assert await x_cache("/v2/systems/exmpl") == "MISS"
+
+
+def test_cache_purge_without_a_running_proxy_acts_on_the_disk(tmp_path: Path) -> None:
+    """With nothing listening, purge evicts the path from the disk directory itself."""
+    env = {"PKPROXY_CACHE_DIRECTORY": str(tmp_path / "cache"), "PKPROXY_PORT": "9"}
+    result = pkproxy("cache", "purge", "/v2/members/abcde", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["evicted"] == 0
+    assert pkproxy("cache", "purge", env=env).returncode == 2
+    assert pkproxy("cache", "purge", "/v2/../etc", env=env).returncode == 2
