@@ -271,8 +271,8 @@ async def test_state_and_labels_stay_bounded_with_10000_peers_and_ids(
     await asyncio.gather(*(one(n) for n in range(10_000)))
     scope = gateway.scheduler.scopes["all"]
     assert scope.depths() == {} and scope.depth() == 0
-    assert gateway.quotas._buckets == {}
-    assert len(gateway.coalescer) == 0
+    assert len(gateway.parts.quotas.store) == 0
+    assert len(gateway.parts.coalescer) == 0
     text = proxy.app[METRICS].render().decode()
     assert "id0" not in text and "10.0." not in text
     routes = {

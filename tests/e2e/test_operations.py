@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer, make_mocked_request
 
 from proxy.app import create_app
+from proxy.ops.endpoints import readyz
 from proxy.settings import load_settings
 from tests.conftest import MakeProxy
 from tests.fakepk import FakePluralKit
@@ -106,9 +107,7 @@ async def test_status_reports_scopes_cache_and_consumers(
 async def test_readyz_is_503_before_startup(tmp_path: Path) -> None:
     """Before the application's startup has run, readiness is 503 'starting'."""
     app = create_app(load_settings(env={}, overrides={"cache": {"directory": str(tmp_path)}}))
-    request = make_mocked_request("GET", "/readyz", app=app)
-    match = await app.router.resolve(request)  # the handler, wherever it is defined
-    response = await match.handler(request)
+    response = await readyz(make_mocked_request("GET", "/readyz", app=app))
     assert response.status == 503
     assert json.loads(response.body)["reason"] == "starting"  # type: ignore[arg-type]
 
