@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.perf.budget import budget
 from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
 
 Row = tuple[str, str]
@@ -412,6 +413,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "cache": cache_hits,
     "zipf": zipf,
     "fairness": fairness,
+    "budget": budget,
 }
 
 
