@@ -85,7 +85,8 @@ def paths_to_evict(
     if isinstance(body_system, str):
         systems.add(fold_ref(body_system))
     if route.kind == "systems":
-        systems.add(ref or "")
+        # @me is known to be one system: the switch paths below are built under its id.
+        systems.add(me_system if ref == "@me" and me_system else ref or "")
         if route.param("switch") is None and not route.template.endswith("/switches"):
             systems |= _ids(response_json)
         switch = route.param("switch")

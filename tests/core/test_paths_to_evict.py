@@ -176,10 +176,6 @@ def test_switch_write_evicts_that_switch_under_each_system_name(path: str, respo
     assert evict(path, None, response, CACHED) == switch_paths | every_path_of("exmpl", SYS_UUID)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: the switch path is built before @me is replaced by me_system",
-)
 def test_switch_write_through_me_evicts_that_switch_of_the_resolved_system() -> None:
     """PATCH /systems/@me/switches/{id} evicts that switch under the system @me is known to be."""
     evicted = evict(f"/v2/systems/@me/switches/{SWITCH}", None, None, CACHED, "exmpl")
