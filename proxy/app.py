@@ -50,7 +50,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     scheduler.start()
     metrics.init_scopes([scope.name for scope in budget.scopes])
     coalescer: Coalescer[UpstreamResponse] = Coalescer()
-    board = StatusBoard(clock, scheduler, cache, coalescer.__len__, str(settings.upstream.url))
+    board = StatusBoard(
+        clock, scheduler, cache, coalescer.__len__, str(settings.upstream.url), metrics
+    )
     parts = Parts(
         settings=settings,
         clock=clock,

@@ -32,6 +32,7 @@ class Ticket:
     weight: float
     priority: Priority
     deadline: float  # monotonic
+    queued_at: float = 0.0  # monotonic, set when it joins the queue
     granted: asyncio.Future[float] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -108,6 +109,14 @@ class ScopeScheduler:
     def depths(self) -> dict[str, int]:
         return self._queue.depths()
 
+    def oldest_waiting(self) -> dict[str, float]:
+        """Per consumer, how long its oldest queued request has waited (seconds)."""
+        now = self.now()
+        oldest: dict[str, float] = {}
+        for consumer, ticket in self._queue.heads():
+            oldest[consumer] = max(oldest.get(consumer, 0.0), now - ticket.queued_at)
+        return oldest
+
     @property
     def paused_for(self) -> float:
         return self.pacer.paused_for()
@@ -154,6 +163,7 @@ class ScopeScheduler:
         except Throttled as refused:
             wait = self.wait_for_new(ticket.consumer, ticket.weight)
             raise self.throttled(wait, max_wait, ThrottleReason.DEADLINE) from refused
+        ticket.queued_at = self.now()
         self._queue.push(ticket.consumer, ticket.weight, ticket.priority, ticket, front)
         self._wakeup.set()
         try:

@@ -138,6 +138,13 @@ class FairQueue(Generic[T]):
                 ahead += min(state.size, max(0, share))
         return ahead
 
+    def heads(self) -> Iterator[tuple[str, T]]:
+        """The first item of every lane, with its consumer (each lane is in arrival order,
+        but for retries put back in front)."""
+        for name, state in self._consumers.items():
+            for lane in state.lanes.values():
+                yield name, lane[0]
+
     def __iter__(self) -> Iterator[T]:
         for state in self._consumers.values():
             for lane in state.lanes.values():

@@ -38,7 +38,9 @@ class RequestLog:
     cache: CacheResult | None = None
     queue_wait: float = 0.0
     upstream_time: float = 0.0
+    slots: int = 0  # upstream slots this request was granted (retries after a 429 count)
     reason: str | None = None
 
     def timed(self, out: Outbound) -> None:
         self.queue_wait, self.upstream_time = out.queue_wait, out.upstream_time
+        self.slots = out.attempts

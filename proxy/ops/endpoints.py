@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from proxy.core.errors import MethodNotAllowed, ProxyError
+from proxy.core.errors import MethodNotAllowed, ProxyError, Unauthorized
 from proxy.flow.gateway import Gateway
 from proxy.flow.responses import error_response
+from proxy.ops import page
 from proxy.ops.metrics import CONTENT_TYPE, Metrics
 from proxy.ops.status import StatusBoard
 
@@ -45,7 +49,27 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def status_endpoint(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[BOARD].snapshot())
+    """The status page to a browser (it asks for text/html), the JSON snapshot to anyone else."""
+    if page.wants_html(request.headers.get("Accept")):
+        return page.response()
+    response = web.json_response(await request.app[BOARD].snapshot())
+    response.headers["Vary"] = "Accept"
+    return response
+
+
+async def status_live_endpoint(request: web.Request) -> web.Response:
+    """What the status page polls: `?since=<seq>` gives only the history points it lacks."""
+    gateway = request.app[GATEWAY]
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        since = 0
+    live = await request.app[BOARD].live(
+        since, gateway.settings.consumers, gateway.parts.quotas.store
+    )
+    response = web.json_response(live)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def cache_endpoint(request: web.Request) -> web.Response:
@@ -67,10 +91,13 @@ OWN_ENDPOINTS: dict[str, dict[str, Endpoint]] = {
     "/readyz": {"GET": readyz, "HEAD": readyz},
     "/metrics": {"GET": metrics_endpoint, "HEAD": metrics_endpoint},
     "/status": {"GET": status_endpoint, "HEAD": status_endpoint},
+    "/status/live": {"GET": status_live_endpoint},
     "/cache": {"DELETE": cache_endpoint},
 }
 # Probes stay open; the rest show consumer names or act on the cache (see ops_allowed).
 OPEN_ENDPOINTS = frozenset({"/healthz", "/readyz"})
+# A browser cannot send X-PKProxy-Key: these ask it for the ops key by HTTP Basic auth.
+BROWSER_ENDPOINTS = frozenset({"/status", "/status/live"})
 
 
 async def own_endpoint(request: web.Request, path: str) -> web.StreamResponse | None:
@@ -86,7 +113,28 @@ async def own_endpoint(request: web.Request, path: str) -> web.StreamResponse | 
             allowed = ", ".join(methods)
             raise MethodNotAllowed(f"405: {path} allows {allowed}")
         if path not in OPEN_ENDPOINTS:
-            gateway.parts.consumers.ops_allowed(request.remote, request.headers)
+            gateway.parts.consumers.ops_allowed(request.remote, ops_headers(request.headers))
         return await handler(request)
     except ProxyError as error:
-        return error_response(error, gateway.settings.upstream.via)
+        response = error_response(error, gateway.settings.upstream.via)
+        if isinstance(error, Unauthorized) and path in BROWSER_ENDPOINTS:
+            response.headers["WWW-Authenticate"] = 'Basic realm="pkproxy ops", charset="UTF-8"'
+        return response
+
+
+def ops_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """The headers the ops check reads: a Basic `Authorization` password stands for
+    `X-PKProxy-Key` when that is absent (browsers can send the one, not the other). Own
+    endpoints are never forwarded, so this Authorization reaches nothing else."""
+    if "X-PKProxy-Key" in headers:
+        return headers
+    scheme, _, encoded = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return headers
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return headers
+    mapped = CIMultiDict(headers)
+    mapped["X-PKProxy-Key"] = decoded.partition(":")[2]
+    return mapped

@@ -13,6 +13,7 @@ import aiohttp
 
 from tests.perf.budget import budget
 from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
+from tests.perf.status_page import status_pages
 
 Row = tuple[str, str]
 RATES = {
@@ -413,6 +414,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "cache": cache_hits,
     "zipf": zipf,
     "fairness": fairness,
+    "status": status_pages,
     "budget": budget,
 }
 
