@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.settings import load_settings
+from proxy.settings.model import DEFAULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 
@@ -82,10 +85,28 @@ def test_compose_runs_pkproxy_next_to_a_bot() -> None:
     assert "pkproxy-cache" in compose["volumes"]
 
 
-def sidecar_pod() -> tuple[dict[str, Any], dict[str, Any]]:
-    deployment = yaml.safe_load((DEPLOY / "kubernetes" / "bot-with-pkproxy.yaml").read_text())
-    spec = deployment["spec"]["template"]["spec"]
-    return spec, next(c for c in spec["containers"] if c["name"] == "pkproxy")
+SIDECAR = "bot-with-pkproxy.yaml"
+REPLICAS = "replicas-with-redis.yaml"
+
+
+def kubernetes(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+
+
+def sidecar_pod(name: str = SIDECAR) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of the Deployment with a pkproxy container, and that container."""
+    for document in kubernetes(name):
+        if document["kind"] != "Deployment":
+            continue
+        spec = document["spec"]["template"]["spec"]
+        for container in spec["containers"]:
+            if container["name"] == "pkproxy":
+                return spec, container
+    raise AssertionError(f"no pkproxy sidecar in {name}")
+
+
+def plain_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_kubernetes_sidecar_has_probes_resources_and_emptydir() -> None:
@@ -101,12 +122,15 @@ def test_kubernetes_sidecar_has_probes_resources_and_emptydir() -> None:
     assert sidecar["args"] == ["pkproxy"]
 
 
-def test_kubernetes_sidecar_stays_on_loopback_with_exec_probes_and_no_service_links() -> None:
+@pytest.mark.parametrize("name", [SIDECAR, REPLICAS])
+def test_kubernetes_sidecar_stays_on_loopback_with_exec_probes_and_no_service_links(
+    name: str,
+) -> None:
     """pkproxy listens on 127.0.0.1, so its probes are exec probes (the kubelet sends httpGet
     and tcpSocket probes to the pod IP) that fetch 127.0.0.1 on PKPROXY_PORT with the image's
     python; the pod turns off service-link variables."""
-    spec, sidecar = sidecar_pod()
-    env = {e["name"]: e["value"] for e in sidecar["env"]}
+    spec, sidecar = sidecar_pod(name)
+    env = plain_env(sidecar)
     assert env["PKPROXY_HOST"] == "127.0.0.1" and "ports" not in sidecar
     assert spec["enableServiceLinks"] is False
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -129,6 +153,7 @@ class _Probed(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.parametrize("name", [SIDECAR, REPLICAS])
 @pytest.mark.parametrize(
     ("statuses", "live", "ready"),
     [
@@ -138,10 +163,10 @@ class _Probed(BaseHTTPRequestHandler):
     ],
 )
 def test_kubernetes_probe_commands_pass_on_200_and_fail_otherwise(
-    statuses: dict[str, int] | None, live: bool, ready: bool
+    statuses: dict[str, int] | None, live: bool, ready: bool, name: str
 ) -> None:
     """Run as the kubelet would (port moved to a free one): exit 0 on 200, else non-zero."""
-    _, sidecar = sidecar_pod()
+    _, sidecar = sidecar_pod(name)
     _Probed.statuses = statuses or {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Probed)
     port = server.server_address[1]
@@ -159,6 +184,106 @@ def test_kubernetes_probe_commands_pass_on_200_and_fail_otherwise(
         if statuses is not None:
             server.shutdown()
             server.server_close()
+
+
+def redis_args(args: list[str]) -> dict[str, str]:
+    """`redis-server --name value ...` as {name: value}."""
+    assert args[0] == "redis-server"
+    return {k.removeprefix("--"): v for k, v in zip(args[1::2], args[2::2], strict=True)}
+
+
+def test_compose_redis_variant_runs_two_replicas_on_one_redis() -> None:
+    """compose.redis.yaml: two pkproxy replicas from the Dockerfile, both on the one Redis of
+    the project (same URL, so one budget), each health-checked and each used by its own bot;
+    Redis bounded by maxmemory with LRU eviction, no persistence, not published."""
+    compose = yaml.safe_load((DEPLOY / "compose.redis.yaml").read_text())
+    services = compose["services"]
+    replicas = {name: s for name, s in services.items() if name.startswith("pkproxy")}
+    assert len(replicas) == 2
+    redis = services["redis"]
+    config = redis_args(redis["command"])
+    assert config["maxmemory-policy"] == "allkeys-lru" and config["maxmemory"].endswith("mb")
+    assert config["save"] == "" and config["appendonly"] == "no"
+    assert "ports" not in redis and "redis-cli" in redis["healthcheck"]["test"]
+    urls = set()
+    for name, proxy in replicas.items():
+        assert proxy["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert "/healthz" in " ".join(proxy["healthcheck"]["test"])
+        assert proxy["depends_on"]["redis"]["condition"] == "service_healthy"
+        env = proxy["environment"]
+        settings = load_settings(env=env)  # pkproxy's own variables, all valid
+        assert settings.redis.enabled and settings.server.port == 8080
+        urls.add(env["PKPROXY_REDIS_URL"])
+        bots = [s for s in services.values() if name in s.get("depends_on", {})]
+        assert [b["environment"]["PLURALKIT_API"] for b in bots] == [f"http://{name}:8080/v2"]
+    assert urls == {"redis://redis:6379/0"}
+
+
+def expanded_env(container: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+    """The container's variables as the kubelet sets them: Secret references filled in,
+    $(NAME) of an earlier variable expanded."""
+    env: dict[str, str] = {}
+    for item in container["env"]:
+        if "value" in item:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], item["value"])
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            value = secrets[f"{ref['name']}/{ref['key']}"]
+        env[item["name"]] = value
+    return env
+
+
+def test_kubernetes_replicas_share_one_redis_with_a_password_from_a_secret() -> None:
+    """replicas-with-redis.yaml: several bot pods, each with the loopback sidecar (no cache
+    volume: with Redis on, diskcache is off), all pointing at the pkproxy-redis Service with
+    the Secret's password; Redis asks for that password, bounds its memory with LRU
+    eviction, keeps no files, and a NetworkPolicy admits only the bot pods."""
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in kubernetes(REPLICAS)}
+    bot = documents["Deployment", "example-bot"]
+    assert bot["spec"]["replicas"] >= 2
+    spec, sidecar = sidecar_pod(REPLICAS)
+    assert "volumeMounts" not in sidecar and "volumes" not in spec
+    secrets = {"pkproxy-redis/password": "s3cret"}
+    env = expanded_env(sidecar, secrets)
+    settings = load_settings(env={k: v for k, v in env.items() if k.startswith("PKPROXY_")})
+    assert settings.redis.enabled and settings.server.host == "127.0.0.1"
+    service = documents["Service", "pkproxy-redis"]
+    port = service["spec"]["ports"][0]["port"]
+    assert env["PKPROXY_REDIS_URL"] == f"redis://:s3cret@pkproxy-redis:{port}/0"
+    assert "s3cret" not in (DEPLOY / "kubernetes" / REPLICAS).read_text()
+
+    redis = documents["Deployment", "pkproxy-redis"]["spec"]["template"]
+    assert redis["spec"]["enableServiceLinks"] is False
+    assert service["spec"]["selector"].items() <= redis["metadata"]["labels"].items()
+    (server,) = redis["spec"]["containers"]
+    config = redis_args(server["args"])
+    assert expanded_env(server, secrets)["REDIS_PASSWORD"] == "s3cret"
+    assert config["requirepass"] == "$(REDIS_PASSWORD)"
+    assert config["maxmemory-policy"] == "allkeys-lru" and config["maxmemory"].endswith("mb")
+    assert config["save"] == "" and config["appendonly"] == "no"
+    assert server["resources"]["limits"]["memory"]
+
+    policy = documents["NetworkPolicy", "pkproxy-redis"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis["metadata"]["labels"].items()
+    (admitted,) = policy["ingress"]
+    (source,) = admitted["from"]
+    labels = bot["spec"]["template"]["metadata"]["labels"]
+    assert source["podSelector"]["matchLabels"].items() <= labels.items()
+    assert admitted["ports"] == [{"port": port, "protocol": "TCP"}]
+
+
+def test_deploy_readme_says_when_redis_is_needed_and_what_the_fallback_does() -> None:
+    """deploy/README.md names the Redis variants' commands, the fallback share with the
+    code's default, maxmemory, and TLS and password in the URL."""
+    text = (DEPLOY / "README.md").read_text()
+    assert "docker compose -f deploy/compose.redis.yaml up --build" in text
+    assert f"kubectl apply -f deploy/kubernetes/{REPLICAS}" in text
+    assert DEFAULTS["redis"]["fallback_share"] == 1 / 3
+    assert "`redis.fallback_share` (default 1/3)" in text
+    for words in ("more than one pkproxy", "maxmemory", "allkeys-lru", "rediss://"):
+        assert words in text, words
+    readme = (ROOT / "README.md").read_text()
+    assert "## Several replicas: shared state in Redis" in readme
 
 
 def unit() -> configparser.ConfigParser:

@@ -13,6 +13,7 @@ import aiohttp
 
 from tests.perf.budget import budget
 from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
+from tests.perf.replicas import replicas
 from tests.perf.status_page import status_pages
 
 Row = tuple[str, str]
@@ -416,6 +417,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "fairness": fairness,
     "status": status_pages,
     "budget": budget,
+    "replicas": replicas,
 }
 
 
