@@ -103,6 +103,14 @@ class LocalPacer:
     def wait_for(self, ahead: int) -> float:
         return self._model.wait_for(ahead, self._clock.monotonic())
 
+    def adopt(self, tat: float, share: float, phase: float = 0.0) -> None:
+        """Pace alone at `share` of the rate, strictly spaced, starting no earlier than the
+        shared bucket last allowed, `phase` (0..1) of one of its own slots later (Redis was
+        lost: the other replicas do the same, each at its own phase)."""
+        self._model.rate = self.spec.rate * share
+        self._model.burst = 1
+        self._model.tat = max(self._model.tat, tat + phase * self._model.emission)
+
     def paused_for(self) -> float:
         return max(0.0, self._model.paused_until - self._clock.monotonic())
 

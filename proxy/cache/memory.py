@@ -76,6 +76,13 @@ class MemoryFront:
         self._inner = inner
         self._generations = WriteGenerations()
 
+    def forget(self, tag: str) -> None:
+        """Another replica evicted `tag` (or everything: "*"): drop the memory copies."""
+        if tag == "*":
+            self.memory.clear()
+        else:
+            self.memory.evict_tag(tag)
+
     async def get(self, key: str) -> Entry | None:
         entry = self.memory.get(key)
         if entry is not None or self._inner is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,3 +111,32 @@ class WriteGenerations:
     def outdated(self, tag: str, since: int) -> bool:
         too_old = since < self.current - _GENERATIONS_KEPT // 2
         return too_old or self._evicted.get(tag, 0) > since
+
+
+class FetchLeases(Protocol):
+    """Who fetches a missing entry when several replicas miss it at once."""
+
+    async def acquire(self, key: str) -> bool:
+        """True: fetch it (and `release` after storing); False: another replica is."""
+
+    async def release(self, key: str) -> None: ...
+
+    async def wait_entry(
+        self, key: str, until: float, get: Callable[[str], Awaitable[Entry | None]]
+    ) -> Entry | None:
+        """The entry once another replica stored it; None: fetch it yourself."""
+
+
+class LocalLeases:
+    """One process: the coalescer already lets one request fetch; every lease is granted."""
+
+    async def acquire(self, key: str) -> bool:
+        return True
+
+    async def release(self, key: str) -> None:
+        return None
+
+    async def wait_entry(
+        self, key: str, until: float, get: Callable[[str], Awaitable[Entry | None]]
+    ) -> Entry | None:
+        return None

@@ -26,10 +26,12 @@ _ENV_IGNORED = frozenset({"PKPROXY_CONFIG"})
 # What Kubernetes injects into every pod of a namespace that has a Service named "pkproxy"
 # (service links, unless the pod sets enableServiceLinks: false). Only these exact shapes
 # are ignored: PKPROXY_PORT=9000 stays the port, and any other unknown name is an error.
+# A Service named "pkproxy-redis" (next to a pkproxy) injects the same shapes with its name.
 _SERVICE_LINK_NAME = re.compile(
-    r"PKPROXY_SERVICE_(?:HOST|PORT(?:_[A-Z0-9_]+)?)"  # _PORT_<NAME>: a named port
-    r"|PKPROXY_PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?"
+    r"PKPROXY(?:_[A-Z0-9]+)*_SERVICE_(?:HOST|PORT(?:_[A-Z0-9_]+)?)"  # _PORT_<NAME>: named
+    r"|PKPROXY(?:_[A-Z0-9]+)*_PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?"
 )
+_SERVICE_LINK_PORT = re.compile(r"PKPROXY(?:_[A-Z0-9]+)*_PORT")
 _SERVICE_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://\S+:\d+")  # PKPROXY_PORT=tcp://10.0.0.1:80
 
 
@@ -57,10 +59,12 @@ def load_settings(
 
 
 def is_service_link(name: str, value: str) -> bool:
-    """A variable Kubernetes injects for a Service named pkproxy, not a setting."""
-    if name == "PKPROXY_PORT":
-        return _SERVICE_LINK_URL.fullmatch(value) is not None
-    return _SERVICE_LINK_NAME.fullmatch(name) is not None
+    """A variable Kubernetes injects for a Service named pkproxy (or pkproxy-<something>),
+    not a setting. A name that is a setting is never a link (PKPROXY_PORT=9000 is the port)."""
+    is_setting = name in ENV_ALIASES or _env_target(name) is not None
+    if not is_setting and _SERVICE_LINK_NAME.fullmatch(name):
+        return True
+    return bool(_SERVICE_LINK_PORT.fullmatch(name) and _SERVICE_LINK_URL.fullmatch(value))
 
 
 def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_body_bytes": 1_048_576,
         "max_header_bytes": 16_384,
         "keepalive_seconds": 75.0,
+        "header_timeout_seconds": 30.0,
+        "body_timeout_seconds": 60.0,
+        "max_connections": 1024,
         "drain_seconds": 10.0,
         "event_loop": "auto",
     },
@@ -54,6 +57,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "user_agent": "pkproxy/0.1 (+https://github.com/pkproxy/pkproxy)",
         "max_connections": 16,
         "via": "1.1 pkproxy",
+        # PluralKit's largest answers are member and group lists: 1,000 members (its default
+        # limit) at up to ~6 KiB each, or 250 groups listing their members, stay under ~12 MiB
+        # even with every text field full; 32 MiB leaves ample room (README: Limits).
+        "max_body_bytes": 32 * 1024 * 1024,
     },
     "budget": {
         "profile": "seed",
@@ -83,6 +90,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "keys": [],
     },
     "log": {"level": "info", "format": "auto"},
+    "redis": {
+        "url": "",
+        "key_prefix": "pkproxy:",
+        "egress": "default",
+        "fallback_share": 1 / 3,
+        "grant_timeout_ms": 100,
+        "heartbeat_seconds": 2.0,
+        "lease_seconds": 5.0,
+        "max_entry_bytes": 4 * 1024 * 1024,
+    },
 }
 
 
@@ -101,6 +118,9 @@ class ServerSettings:
     max_body_bytes: int
     max_header_bytes: int
     keepalive_seconds: float
+    header_timeout_seconds: float  # from a request's first byte to the end of its head
+    body_timeout_seconds: float  # from the end of the head to the end of the body
+    max_connections: int
     drain_seconds: float
     event_loop: str
 
@@ -113,6 +133,7 @@ class UpstreamSettings:
     user_agent: str
     max_connections: int
     via: str
+    max_body_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +194,24 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Shared state for several replicas behind one IP. `url` empty: one process alone."""
+
+    url: str = field(repr=False)  # may hold a password
+    key_prefix: str
+    egress: str  # replicas with the same value share one budget
+    fallback_share: float  # of each rate, while Redis is lost and no replica count is known
+    grant_timeout_ms: int  # a grant slower than this counts as Redis unavailable
+    heartbeat_seconds: float
+    lease_seconds: float  # how long one replica may hold a fetch before others take over
+    max_entry_bytes: int  # larger answers are not stored in Redis
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings
     upstream: UpstreamSettings
@@ -180,6 +219,7 @@ class Settings:
     cache: CacheSettings
     consumers: ConsumerSettings
     log: LogSettings
+    redis: RedisSettings
     source: str = "defaults"
     # Kubernetes service-link variables found and ignored: the caller warns about them.
     ignored_env: tuple[str, ...] = ()

@@ -20,6 +20,7 @@ from proxy.settings.model import (
     ConsumerSettings,
     ConsumerSpec,
     LogSettings,
+    RedisSettings,
     ServerSettings,
     Settings,
     UpstreamSettings,
@@ -38,6 +39,7 @@ def build(raw: dict[str, dict[str, Any]], problems: list[str]) -> Settings | Non
         "cache": _section(partial(_build_cache, port=port), raw, "cache", check),
         "consumers": _section(_build_consumers, raw, "consumers", check),
         "log": _section(_build_log, raw, "log", check),
+        "redis": _section(_build_redis, raw, "redis", check),
     }
     if any(value is None for value in sections.values()):
         return None
@@ -131,6 +133,9 @@ def _build_server(raw: Mapping[str, Any], c: _Checker) -> ServerSettings:
         max_body_bytes=c.number(raw, "server", "max_body_bytes", 0, integer=True),
         max_header_bytes=c.number(raw, "server", "max_header_bytes", 1024, integer=True),
         keepalive_seconds=c.number(raw, "server", "keepalive_seconds", 0),
+        header_timeout_seconds=c.number(raw, "server", "header_timeout_seconds", 0, strict=True),
+        body_timeout_seconds=c.number(raw, "server", "body_timeout_seconds", 0, strict=True),
+        max_connections=c.number(raw, "server", "max_connections", 1, integer=True),
         drain_seconds=c.number(raw, "server", "drain_seconds", 0),
         event_loop=c.text(raw, "server", "event_loop", ("auto", "uvloop", "asyncio")),
     )
@@ -158,6 +163,7 @@ def _build_upstream(raw: Mapping[str, Any], c: _Checker) -> UpstreamSettings:
         user_agent=agent,
         max_connections=c.number(raw, "upstream", "max_connections", 1, integer=True),
         via=c.text(raw, "upstream", "via"),
+        max_body_bytes=c.number(raw, "upstream", "max_body_bytes", 1, integer=True),
     )
 
 
@@ -329,6 +335,25 @@ def _build_consumers(raw: Mapping[str, Any], c: _Checker) -> ConsumerSettings:
         default_weight=c.number(raw, "consumers", "default_weight", 0, strict=True),
         default_priority=priority,
         keys=tuple(specs),
+    )
+
+
+def _build_redis(raw: Mapping[str, Any], c: _Checker) -> RedisSettings:
+    url = c.text(raw, "redis", "url")
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        c.problems.append("redis.url must start with redis://, rediss:// or unix://")
+    share = c.number(raw, "redis", "fallback_share", 0, strict=True)
+    if isinstance(share, (int, float)) and share > 1:
+        c.problems.append("redis.fallback_share must be <= 1 (a share of each rate)")
+    return RedisSettings(
+        url=url,
+        key_prefix=c.text(raw, "redis", "key_prefix"),
+        egress=c.text(raw, "redis", "egress") or "default",
+        fallback_share=float(share),
+        grant_timeout_ms=c.number(raw, "redis", "grant_timeout_ms", 1, integer=True),
+        heartbeat_seconds=float(c.number(raw, "redis", "heartbeat_seconds", 0.1)),
+        lease_seconds=float(c.number(raw, "redis", "lease_seconds", 0.1)),
+        max_entry_bytes=c.number(raw, "redis", "max_entry_bytes", 0, integer=True),
     )
 
 

@@ -5,14 +5,16 @@ Time is a ManualClock: nothing sleeps, every grant time is exact."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from proxy.budget.pacer import LocalPacer, Pacer
+from proxy.budget.redis_pacer import redis_pacers
 from proxy.core.budget import ScopeSpec
 from proxy.core.ratesignal import RateSignal
 from tests.clocks import ManualClock
+from tests.redis_fixtures import drop_prefix, make_link, shared_redis_or_skip, unique_prefix
 
 MakePacer = Callable[[ScopeSpec], Pacer]
 
@@ -22,12 +24,22 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["local"])
-def make(request: pytest.FixtureRequest, clock: ManualClock) -> MakePacer:
-    def local(spec: ScopeSpec) -> Pacer:
-        return LocalPacer(spec, 2.0, 0.02, clock)
+@pytest.fixture(params=["local", "redis"])
+async def make(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[MakePacer]:
+    if request.param == "local":
 
-    return local
+        def local(spec: ScopeSpec) -> Pacer:
+            return LocalPacer(spec, 2.0, 0.02, clock)
+
+        yield local
+        return
+    shared_redis_or_skip()
+    prefix = unique_prefix()
+    link = await make_link(clock, prefix)
+    # The scripts read the test's clock instead of Redis TIME, so that time is driven.
+    yield redis_pacers(link, 2.0, 0.02, clock, redis_time=False)
+    await link.stop()
+    await drop_prefix(prefix)
 
 
 async def grants_within(pacer: Pacer, clock: ManualClock, seconds: float) -> list[float]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from proxy.budget.quotas import LocalQuotaStore, QuotaStore
+from proxy.budget.redis_quotas import RedisQuotaStore
 from tests.clocks import ManualClock
+from tests.redis_fixtures import drop_prefix, make_link, shared_redis_or_skip, unique_prefix
 
 
 @pytest.fixture
@@ -13,9 +17,18 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["local"])
-def store(request: pytest.FixtureRequest, clock: ManualClock) -> QuotaStore:
-    return LocalQuotaStore(clock)
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[QuotaStore]:
+    if request.param == "local":
+        yield LocalQuotaStore(clock)
+        return
+    shared_redis_or_skip()
+    prefix = unique_prefix()
+    link = await make_link(clock, prefix)
+    # The script reads the test's clock instead of Redis TIME, so that time is driven.
+    yield RedisQuotaStore(link, clock, redis_time=False)
+    await link.stop()
+    await drop_prefix(prefix)
 
 
 async def test_a_burst_is_allowed_then_refused_with_an_honest_retry(

@@ -1,0 +1,1 @@
+"""State shared by several replicas behind one IP (Redis), and what to do without it."""
