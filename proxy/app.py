@@ -20,6 +20,7 @@ from proxy.flow.gateway import Gateway, Parts
 from proxy.ops.endpoints import BOARD, GATEWAY, METRICS, own_endpoint
 from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
+from proxy.server import expect
 from proxy.settings import Settings
 from proxy.upstream.client import Upstream, UpstreamResponse
 
@@ -101,5 +102,5 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app[CLOCK] = clock or SystemClock()
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=expect)
     return app

@@ -25,6 +25,7 @@ from proxy.core.cachepolicy import cache_tag
 from proxy.core.errors import ProxyError
 from proxy.ops.drain import drain
 from proxy.ops.logs import configure_logging, get_logger
+from proxy.server import ProxyRunner, raise_fd_limit
 from proxy.settings import ConfigError, Settings, load_settings
 from proxy.settings.load import ENV_ALIASES
 from proxy.settings.model import DEFAULTS
@@ -315,13 +316,10 @@ def _running_stats(settings: Settings) -> Any:
 async def serve(settings: Settings) -> int:
     log = get_logger()
     app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,  # a client that disconnects while queued frees its slot
-        access_log=None,  # request.completed is the access log
-        keepalive_timeout=settings.server.keepalive_seconds,
-        shutdown_timeout=settings.upstream.timeout_seconds + 1,
-    )
+    runner = ProxyRunner(app, settings)
+    files, needed = raise_fd_limit(settings.server.max_connections)
+    if files < needed:
+        log.warning("server.fd_limit_low", limit=files, needed=needed)
     try:
         await runner.setup()  # opens the cache store, starts the scheduler
     except Exception as error:

@@ -17,6 +17,8 @@ import copy
 import json
 import math
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -158,6 +160,9 @@ class FakePluralKit:
         self.extra_headers: dict[str, dict[str, str]] = {}
         self.force_status: dict[str, tuple[int, bytes]] = {}
         self.reset_in_ms = False
+        # Opt-in: every Nth request is charged and answered by resetting its connection
+        # (recorded with status 0), as a flaky upstream or network would.
+        self.reset_every = 0
         # Opt-in: a request carrying this header is charged to the bucket of the IP its value
         # names, so that a second client can share the proxy's bucket or use another one.
         self.key_header: str | None = None
@@ -239,6 +244,9 @@ class FakePluralKit:
         )
         self.arrivals.append(arrival)
         response = await self._respond(request, arrival, body)
+        if self.reset_every and len(self.arrivals) % self.reset_every == 0:
+            _reset(request)
+            return response  # written to nothing: the connection is gone
         arrival.status = response.status
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
@@ -432,6 +440,17 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP reset (SO_LINGER 0), not an orderly close."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _fold(ref: str) -> str:

@@ -53,8 +53,22 @@ class Gone(ProxyError):
     status = 410
 
 
+class RequestTimeout(ProxyError):
+    """The request's head or body did not arrive in time (a stalled or slow client)."""
+
+    status = 408
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
+
+
+class UriTooLong(ProxyError):
+    status = 414
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
 
 
 class HeadersTooLarge(ProxyError):
@@ -71,7 +85,17 @@ class UpstreamUnavailable(ProxyError):
     status = 502
 
 
+class UpstreamTooLarge(UpstreamUnavailable):
+    """Upstream answered more than `upstream.max_body_bytes`: refused, never cached."""
+
+
 class Draining(ProxyError):
+    status = 503
+
+
+class Overloaded(ProxyError):
+    """More connections than `server.max_connections`: refused at once."""
+
     status = 503
 
 

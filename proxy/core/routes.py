@@ -58,7 +58,11 @@ def fold_ref(value: str) -> str:
 
     PluralKit lower-cases short ids and strips dashes before looking them up, and compares
     UUIDs case-insensitively, so `ABC-DE`, `abcde` and `AbCdE` name the same member.
+    Ids are ASCII: anything else is kept as sent, since Unicode lower-casing would fold a
+    lookalike (the Kelvin sign) into the id it resembles and serve that id's answer for it.
     """
+    if not value.isascii():
+        return value
     lowered = value.lower()
     if _UUID.match(lowered):
         return lowered

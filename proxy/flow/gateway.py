@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.budget.forward import Forwarder, Place
 from proxy.budget.quotas import Quotas
@@ -24,6 +25,7 @@ from proxy.core.errors import (
     Internal,
     PayloadTooLarge,
     ProxyError,
+    RequestTimeout,
     Throttled,
     Unauthorized,
 )
@@ -96,6 +98,8 @@ class Gateway:
             elif isinstance(error, Unauthorized):
                 log.consumer = request.remote or "-"  # who tried: the peer, never the key
             response = error_response(error, self.settings.upstream.via)
+            if isinstance(error, (RequestTimeout, PayloadTooLarge)):
+                response.force_close()  # the rest of the body is not read: nothing can follow
             log.cache = log.cache or CacheResult.NONE
         except asyncio.CancelledError:
             # The client went away (aiohttp cancels the handler): nothing more is sent for
@@ -110,6 +114,12 @@ class Gateway:
             )
         self._completed(log, response.status)
         return response
+
+    def refused(self, status: int, reason: str) -> None:
+        """A request the HTTP server answered itself, before a handler could run (a head
+        aiohttp cannot parse, too large or too slow, one connection too many)."""
+        log = RequestLog("-", self._clock.monotonic(), reason=reason)
+        self._completed(log, status)
 
     def _completed(self, log: RequestLog, status: int) -> None:
         """Where every request ends: one log event, the metrics, the status board."""
@@ -163,7 +173,8 @@ class Gateway:
             control.max_wait_ms if control.max_wait_ms is not None else budget.default_max_wait_ms,
             budget.max_wait_ceiling_ms,
         )
-        body = await _read_body(request, self.settings.server.max_body_bytes)
+        server = self.settings.server
+        body = await _read_body(request, server.max_body_bytes, server.body_timeout_seconds)
         max_wait = wait_ms / 1000.0
         priority = Priority(control.priority or consumer.priority)
         place = Place(consumer.name, consumer.weight, priority, max_wait, scope.now() + max_wait)
@@ -172,15 +183,24 @@ class Gateway:
         )
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; a larger body is refused without being buffered whole."""
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """Read at most `limit` bytes within `timeout` seconds; a larger body is refused without
+    being buffered whole, a slower one with 408, a malformed one (bad chunking) with 400."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"408: request body not received within {timeout:g} s", "body_timeout"
+        ) from None
+    except RequestPayloadError as exc:
+        raise BadRequest("400: malformed request body", f"bad_body: {exc}") from None
     return b"".join(chunks)

@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.clock import Clock
-from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.core.errors import UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from proxy.settings import UpstreamSettings
 
 
@@ -92,6 +92,11 @@ class Upstream:
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        # aiohttp resends an idempotent request once when a reused connection fails, even
+        # after upstream received (and charged) it: a send the pacer never granted, which
+        # PluralKit answers 429. A failed send is the client's 502 instead. No public switch
+        # exists; aiohttp's own test client turns it off the same way.
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:
@@ -122,10 +127,37 @@ class Upstream:
                 allow_redirects=False,
                 trace_request_ctx=_SentHook(on_headers_sent),
             ) as response:
-                payload = await response.read()
+                payload = await _read_capped(response, method, self._settings.max_body_bytes)
                 raw_headers = [
                     (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
                 ]
                 return UpstreamResponse(
                     response.status, raw_headers, payload, self._clock.monotonic() - started
                 )
+
+
+_CHUNK = 65536
+
+
+async def _read_capped(response: aiohttp.ClientResponse, method: str, limit: int) -> bytes:
+    """The body, if it is at most `limit` bytes as sent (still encoded). An announced
+    Content-Length over the limit is refused before a byte of the body is read; a body that
+    grows past it while read is cut off. Either way the connection is dropped, not reused."""
+    announced = response.content_length
+    if method != "HEAD" and announced is not None and announced > limit:
+        response.close()
+        raise _too_large(response, f"Content-Length {announced} > {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise _too_large(response, f"body cut off past {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(response: aiohttp.ClientResponse, seen: str) -> UpstreamTooLarge:
+    host = response.url.authority
+    return UpstreamTooLarge("upstream response too large", f"too_large: {host}: {seen}")

@@ -14,6 +14,7 @@ import aiohttp
 from tests.perf.budget import budget
 from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
 from tests.perf.replicas import replicas
+from tests.perf.soak import queue_memory, soak
 from tests.perf.status_page import status_pages
 
 Row = tuple[str, str]
@@ -416,6 +417,8 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "zipf": zipf,
     "fairness": fairness,
     "status": status_pages,
+    "soak": soak,
+    "queue_memory": queue_memory,
     "budget": budget,
     "replicas": replicas,
 }
