@@ -4,15 +4,20 @@ between the proxy's own endpoints and the gateway."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy.budget.forward import Forwarder
-from proxy.budget.pacer import local_pacers
-from proxy.budget.quotas import LocalQuotaStore, Quotas
+from proxy.budget.pacer import PacerFactory, local_pacers
+from proxy.budget.quotas import LocalQuotaStore, Quotas, QuotaStore
+from proxy.budget.redis_pacer import redis_pacers
+from proxy.budget.redis_quotas import RedisQuotaStore
 from proxy.budget.scheduler import Scheduler
 from proxy.cache.disk import tiered
-from proxy.cache.store import CacheStore
+from proxy.cache.memory import MemoryFront
+from proxy.cache.redis_store import RedisLeases, RedisStore
+from proxy.cache.store import CacheStore, FetchLeases, LocalLeases
 from proxy.clock import Clock, SystemClock
 from proxy.flow.coalesce import Coalescer
 from proxy.flow.consumers import Consumers
@@ -22,6 +27,7 @@ from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
 from proxy.server import expect
 from proxy.settings import Settings
+from proxy.shared.link import RedisLink
 from proxy.upstream.client import Upstream, UpstreamResponse
 
 __all__ = ["BOARD", "GATEWAY", "METRICS", "create_app"]
@@ -39,15 +45,50 @@ def _cache(settings: Settings) -> CacheStore | None:
     return tiered(cache.directory, cache.memory_bytes, cache.disk_bytes)
 
 
+@dataclass(frozen=True, slots=True)
+class Backends:
+    """Where the state behind each seam lives: this process, or Redis for all replicas."""
+
+    pacers: PacerFactory
+    quotas: QuotaStore
+    cache: CacheStore | None
+    leases: FetchLeases
+    link: RedisLink | None = None
+
+
+async def _backends(settings: Settings, clock: Clock, metrics: Metrics) -> Backends:
+    budget = settings.budget
+    if not settings.redis.enabled:
+        pacers = local_pacers(budget.reserve, budget.margin, clock)
+        return Backends(pacers, LocalQuotaStore(clock), _cache(settings), LocalLeases())
+    link = RedisLink(settings.redis, clock, metrics)
+    await link.start()  # unreachable is not fatal: the replica serves alone until it is back
+    cache = None
+    if settings.cache.enabled:
+        # Redis is the shared tier; diskcache is off (see README: shared state).
+        shared = RedisStore(link, settings.cache.max_stale_seconds, settings.redis.max_entry_bytes)
+        front = MemoryFront(settings.cache.memory_bytes, shared)
+        link.on_invalidate(front.forget)
+        link.on_lost(front.memory.clear)
+        cache = front
+    return Backends(
+        redis_pacers(link, budget.reserve, budget.margin, clock),
+        RedisQuotaStore(link, clock),
+        cache,
+        RedisLeases(link, settings.redis.lease_seconds, clock),
+        link,
+    )
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Everything bound to the event loop is created here, inside the running loop."""
     settings, clock, metrics = app[SETTINGS], app[CLOCK], app[METRICS]
-    cache = _cache(settings)
+    backends = await _backends(settings, clock, metrics)
+    cache = backends.cache
     upstream = Upstream(settings.upstream, clock)
     await upstream.start()
     budget = settings.budget
-    pacers = local_pacers(budget.reserve, budget.margin, clock)
-    scheduler = Scheduler(budget.scopes, pacers, clock, budget.max_queue)
+    scheduler = Scheduler(budget.scopes, backends.pacers, clock, budget.max_queue)
     scheduler.start()
     metrics.init_scopes([scope.name for scope in budget.scopes])
     coalescer: Coalescer[UpstreamResponse] = Coalescer()
@@ -62,10 +103,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         cache=cache,
         coalescer=coalescer,
         consumers=Consumers(settings.consumers),
-        quotas=Quotas(LocalQuotaStore(clock), clock),
+        quotas=Quotas(backends.quotas, clock),
+        leases=backends.leases,
         metrics=metrics,
         board=board,
     )
+    board.redis = backends.link
     app[BOARD] = board
     app[GATEWAY] = Gateway(parts)
     board.lifecycle.ready = True
@@ -77,6 +120,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.close()
         if cache is not None:
             await cache.close()
+        if backends.link is not None:
+            await backends.link.stop()
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

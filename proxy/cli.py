@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from proxy import __version__
 from proxy.app import GATEWAY, create_app
@@ -182,6 +183,9 @@ def _masked(settings: Settings) -> dict[str, Any]:
     data["consumers"]["trusted_proxies"] = [str(n) for n in settings.consumers.trusted_proxies]
     data["upstream"]["url"] = str(settings.upstream.url)
     data["cache"]["ttl"] = dict(settings.cache.ttl)
+    if settings.redis.url:
+        url = URL(settings.redis.url)
+        data["redis"]["url"] = str(url.with_password("********") if url.password else url)
     del data["ignored_env"]  # not a setting; check-config says it on stderr
     return data
 

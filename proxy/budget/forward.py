@@ -112,14 +112,17 @@ class Forwarder:
         self, scope: ScopeScheduler, out: Outbound
     ) -> tuple[UpstreamResponse, RateSignal]:
         self.in_flight += 1
-        scope.mark_sent()
         sent_at = scope.now()
+        marked = False
 
         def headers_written() -> None:
-            # Upstream's clock reads no earlier than this: what its answer proves starts here.
-            nonlocal sent_at
-            scope.mark_sent()
-            sent_at = scope.now()
+            # Pacing counts the request sent now, and upstream's clock reads no earlier than
+            # this: what its answer proves starts here.
+            nonlocal sent_at, marked
+            if not marked:
+                marked = True
+                scope.mark_sent()
+                sent_at = scope.now()
 
         try:
             response = await self._upstream.send(
@@ -131,6 +134,7 @@ class Forwarder:
             raise
         finally:
             self.in_flight -= 1
+            headers_written()  # failed before its headers were written: count it sent now
         out.upstream_time += response.elapsed
         self._metrics.upstream_requests.labels(scope.spec.name, str(response.status)).inc()
         signal = read_signal(response.status, response.headers, response.body, self._clock.wall())

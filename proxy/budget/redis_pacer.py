@@ -141,6 +141,11 @@ class RedisPacer:
     async def reserve(self) -> float:
         await self.settle()  # lessons sent before this grant reach the shared state first
         asked = self._clock.monotonic()
+        if self._mirror.unsent and not self._alone:
+            # One of ours is granted but not sent yet: it may still leave at any moment.
+            pending = self._mirror.wait_for(0, asked)
+            if pending > 0.0:
+                return pending
         recovering = "1" if self._alone and self._was_shared else ""
         args: list[str | float] = [
             self._now_arg(),
@@ -152,7 +157,10 @@ class RedisPacer:
         if reply is None:
             return await self._alone_reserve()
         self._alone, self._was_shared = False, True
-        return self._absorb(reply, asked)
+        unsent = self._mirror.unsent
+        wait = self._absorb(reply, asked)
+        self._mirror.unsent = unsent + (1 if wait == 0.0 else 0)
+        return wait
 
     async def _alone_reserve(self) -> float:
         if not self._alone:
@@ -187,10 +195,12 @@ class RedisPacer:
         if self._alone:
             self._fallback.give_back()
         else:
+            self._mirror.unsent = max(0, self._mirror.unsent - 1)
             self._lesson("give_back")
 
     def mark_sent(self) -> None:
         self._fallback.mark_sent()
+        self._mirror.unsent = max(0, self._mirror.unsent - 1)
         if not self._alone:
             self._lesson("sent")
 

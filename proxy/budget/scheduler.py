@@ -169,6 +169,8 @@ class ScopeScheduler:
         try:
             return await self._granted(ticket, max_wait)
         except asyncio.CancelledError:
+            if ticket.granted.done() and not ticket.granted.cancelled():
+                self.pacer.give_back()  # granted, then cancelled before it could be sent
             self._withdraw(ticket)
             raise
 
@@ -256,9 +258,14 @@ class Scheduler:
     ) -> None:
         self.specs = scopes
         self.scopes = {s.name: ScopeScheduler(s, pacers(s), clock, max_queue) for s in scopes}
+        self._by_route: dict[tuple[str, str], ScopeScheduler] = {}  # a few dozen at most
 
     def for_request(self, method: str, template: str) -> ScopeScheduler:
-        return self.scopes[budget.scope_for(method, template, self.specs).name]
+        found = self._by_route.get((method, template))
+        if found is None:
+            found = self.scopes[budget.scope_for(method, template, self.specs).name]
+            self._by_route[(method, template)] = found
+        return found
 
     def start(self) -> None:
         for scope in self.scopes.values():

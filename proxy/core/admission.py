@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
@@ -103,8 +104,11 @@ def canonical_query(raw_query: str) -> str:
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
 
 
+@functools.lru_cache(maxsize=4096)
 def admit(method: str, raw_target: str) -> Target:
-    """Admit one request to be forwarded, or raise the ProxyError that refuses it."""
+    """Admit one request to be forwarded, or raise the ProxyError that refuses it.
+    Pure, so the answers for the targets seen most are kept (bots ask for the same ids
+    again and again; a refusal is not kept, it raises)."""
     check_method(method)
     raw_path, raw_query = split_target(raw_target)
     lowered = unquote(raw_path).lower()

@@ -29,6 +29,7 @@ class BucketModel:
     tat: float = float("-inf")  # theoretical arrival time, on the caller's monotonic clock
     paused_until: float = 0.0
     slowdown: float = 1.0  # > 1 while 429s repeat: someone else spends this bucket
+    unsent: int = 0  # granted, headers not yet written: they may still leave at any moment
 
     @property
     def emission(self) -> float:
@@ -52,13 +53,18 @@ class BucketModel:
         return spare - min(self.reserve, spare / 2) - self.margin
 
     def wait_for(self, ahead: int, now: float) -> float:
-        """Seconds until a request with `ahead` others granted before it may be sent."""
-        allow_at = self.tat + (ahead * self.slowdown - self.headroom) * self.emission
+        """Seconds until a request with `ahead` others granted before it may be sent.
+        A granted request not sent yet is taken as leaving now, the latest it could, since
+        upstream will charge it when it arrives: so a request that is slow to leave (a new
+        connection) never lets the next one land too close behind it."""
+        tat = max(self.tat, now + self.unsent * self.emission) if self.unsent else self.tat
+        allow_at = tat + (ahead * self.slowdown - self.headroom) * self.emission
         return max(0.0, allow_at - now, self.paused_until - now)
 
     def take(self, now: float, jitter: float = 0.0) -> None:
         """One request is granted now. While 429s repeat, the next one waits longer."""
         self.tat = max(self.tat, now) + self.emission
+        self.unsent += 1
         if self.slowdown > 1.0:
             gap = (self.slowdown - 1.0) * self.emission * (1.0 + jitter)
             self.paused_until = max(self.paused_until, now + gap)
@@ -68,11 +74,13 @@ class BucketModel:
         before = self.tat - self.emission
         # at or before now, the bucket was idle before the grant: it is idle again
         self.tat = before if before > now else float("-inf")
+        self.unsent = max(0, self.unsent - 1)
 
     def sent(self, now: float) -> None:
         """The granted request was really written now: upstream charges it now, not at
         the grant, so a late send must not leave the next one arriving early."""
         self.tat = max(self.tat, now + self.emission)
+        self.unsent = max(0, self.unsent - 1)
 
     def pause(self, until: float) -> None:
         self.paused_until = max(self.paused_until, until)

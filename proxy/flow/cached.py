@@ -97,6 +97,7 @@ class CachedPath:
         self, req: Request, log: RequestLog, key: str, encoding: str, fallback: Entry | None
     ) -> web.StreamResponse:
         log.cache = CacheResult.MISS
+        self._responder.forget_rate_headers()  # this request may queue: headers change
         place = req.place
         try:
             if key not in self.coalescer:
@@ -113,7 +114,7 @@ class CachedPath:
                 wait = req.scope.wait_for_new(place.consumer, place.weight)
                 raise req.scope.throttled(wait, place.max_wait, ThrottleReason.DEADLINE) from None
             raise
-        if shared:
+        if shared or upstream.shared:
             log.cache = CacheResult.COALESCED
             self._parts.metrics.coalesced.inc()
         if fallback is not None and cachepolicy.stale_instead(upstream.status):
@@ -140,16 +141,27 @@ class CachedPath:
         async def fetch(flight: Flight[UpstreamResponse]) -> UpstreamResponse:
             flight.joined = functools.partial(out.lift, req.scope)
             since = await self._cache.generation()
+            leases = self._parts.leases
+            if not await leases.acquire(key):
+                # Another replica is fetching it: wait for its answer in the shared tier.
+                entry = await leases.wait_entry(key, place.deadline, self._cache.get)
+                if entry is not None:
+                    return UpstreamResponse(
+                        entry.status, list(entry.headers), entry.body, 0.0, True
+                    )
 
             def mark_sent() -> None:
                 flight.sent = True
 
             try:
-                upstream = await self._parts.forwarder.send(req.scope, out, mark_sent)
+                try:
+                    upstream = await self._parts.forwarder.send(req.scope, out, mark_sent)
+                finally:
+                    if log is not None:
+                        log.timed(out)
+                await self._store(req, key, upstream, since)
             finally:
-                if log is not None:
-                    log.timed(out)
-            await self._store(req, key, upstream, since)
+                await leases.release(key)
             return upstream
 
         return fetch

@@ -27,6 +27,7 @@ class DirectPath:
         self._invalidator = invalidator
 
     async def serve(self, req: Request, log: RequestLog) -> web.StreamResponse:
+        self._responder.forget_rate_headers()  # this request may queue: headers change
         await self._parts.quotas.admit(req.consumer, req.scope)
         upstream_settings = self._parts.settings.upstream
         headers = forward_request_headers(

@@ -13,7 +13,7 @@ from proxy.budget.forward import Forwarder, Place
 from proxy.budget.quotas import Quotas
 from proxy.budget.scheduler import Scheduler
 from proxy.cache.invalidator import Invalidator
-from proxy.cache.store import CacheStore
+from proxy.cache.store import CacheStore, FetchLeases
 from proxy.clock import Clock
 from proxy.core import cachepolicy
 from proxy.core.admission import Target, admit
@@ -37,7 +37,7 @@ from proxy.flow.consumers import Consumers
 from proxy.flow.direct import DirectPath
 from proxy.flow.request import Request, RequestLog
 from proxy.flow.responses import PREFLIGHT, Responder, error_response
-from proxy.ops.logs import get_logger
+from proxy.ops.logs import RequestLogPolicy, get_logger
 from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
 from proxy.settings import Settings
@@ -54,10 +54,15 @@ class Parts:
     forwarder: Forwarder
     cache: CacheStore | None
     coalescer: Coalescer[UpstreamResponse]
+    leases: FetchLeases
     consumers: Consumers
     quotas: Quotas
     metrics: Metrics
     board: StatusBoard
+
+
+# Answered from the cache without spending anything upstream: sampled in the log.
+_FROM_CACHE = frozenset({CacheResult.HIT, CacheResult.STALE})
 
 
 class Gateway:
@@ -69,6 +74,9 @@ class Gateway:
         self._clock = parts.clock
         self._metrics = parts.metrics
         self._log = get_logger()
+        self._log_policy = RequestLogPolicy(
+            parts.settings.log.requests, parts.settings.log.sample_every
+        )
         origin = str(parts.settings.upstream.url)
         invalidator = (
             Invalidator(parts.cache, parts.metrics, origin) if parts.cache is not None else None
@@ -125,9 +133,12 @@ class Gateway:
         """Where every request ends: one log event, the metrics, the status board."""
         duration = self._clock.monotonic() - log.started
         cache = log.cache or CacheResult.NONE
-        self._metrics.requests.labels(log.route, log.method, str(status), cache).inc()
-        self._metrics.request_duration.labels(cache).observe(duration)
+        counter, timing = self._metrics.request_done(log.route, log.method, status, cache)
+        counter.inc()
+        timing.observe(duration)
         self.parts.board.record(log, status)
+        if not self._log_policy.wanted(status, cache in _FROM_CACHE):
+            return
         self._log.info(
             "request.completed",
             status=status,
@@ -188,6 +199,8 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     being buffered whole, a slower one with 408, a malformed one (bad chunking) with 400."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
+    if not request.body_exists:
+        return b""  # most requests (GETs): no body, nothing to wait for
     chunks: list[bytes] = []
     size = 0
     try:

@@ -83,6 +83,10 @@ def passthrough(
     return web.Response(status=status, body=body if status not in {204, 304} else None, headers=out)
 
 
+_RECENT_SECONDS = 0.005
+_RECENT_LIMIT = 10_000
+
+
 class Responder:
     """Answers built from upstream responses and cache entries, with this consumer's
     rate headers."""
@@ -91,16 +95,33 @@ class Responder:
         self._via = via
         self._quotas = quotas
         self._clock = clock
+        # Per consumer and scope, the rate headers of the last few milliseconds: cache hits
+        # spend nothing, so the many hits of one bot in a burst share one computation.
+        self._recent: dict[tuple[str, str, float, float], tuple[float, dict[str, str]]] = {}
 
     def rate_headers(self, req: Request) -> dict[str, str]:
         place = req.place
+        key = (req.scope.spec.name, place.consumer, place.weight, place.max_wait)
+        now = self._clock.monotonic()
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] > now:
+            return recent[1]
         view = req.scope.view(place.consumer, place.weight, place.max_wait)
-        return rate_headers(self._quotas.view(req.consumer, view))
+        headers = rate_headers(self._quotas.view(req.consumer, view))
+        if len(self._recent) >= _RECENT_LIMIT:
+            self._recent.clear()
+        self._recent[key] = (now + _RECENT_SECONDS, headers)
+        return headers
+
+    def forget_rate_headers(self) -> None:
+        """A request was granted or refused a slot: the next answer computes afresh."""
+        self._recent.clear()
 
     def upstream(
         self, req: Request, upstream: UpstreamResponse, cache: CacheResult
     ) -> web.Response:
         headers = response_headers(upstream.headers, self._via)
+        self.forget_rate_headers()
         extra = {**self.rate_headers(req), "X-Cache": cache}
         if upstream.status == 429:
             # Upstream's own 429 passed back: the proxy's headers must not invite a retry.

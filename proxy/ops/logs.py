@@ -48,3 +48,31 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 def get_logger() -> Any:
     return structlog.get_logger("pkproxy")
+
+
+class RequestLogPolicy:
+    """Which `request.completed` events are written (`log.requests`). Every request is
+    counted in the metrics whatever this says; the event keeps its name and fields.
+
+    - all: every request;
+    - sample (default): every request that went upstream, was refused or failed (status
+      >= 400, local 429s included), and one cache hit in `log.sample_every`;
+    - errors: only answers with status >= 400.
+    """
+
+    __slots__ = ("_every", "_hits", "_mode")
+
+    def __init__(self, mode: str, sample_every: int) -> None:
+        self._mode = mode
+        self._every = max(1, sample_every)
+        self._hits = 0
+
+    def wanted(self, status: int, served_from_cache: bool) -> bool:
+        if self._mode == "all" or status >= 400:
+            return True
+        if self._mode == "errors":
+            return False
+        if not served_from_cache:
+            return True
+        self._hits += 1
+        return self._hits % self._every == 1 or self._every == 1

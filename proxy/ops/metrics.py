@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,7 +30,9 @@ class Metrics:
         self._upstream_families()
         self._cache_families()
         self._budget_families()
+        self._redis_families()
         self._evictions_seen = 0
+        self._bound: dict[tuple[str, str, int, str], Any] = {}
 
     def _request_families(self) -> None:
         """Requests answered, how long they took, and why some were refused."""
@@ -131,6 +135,39 @@ class Metrics:
             ["scope"],
             registry=self.registry,
         )
+
+    def _redis_families(self) -> None:
+        """Shared state: whether Redis is usable and how many replicas share the budget."""
+        self.redis_up = Gauge(
+            "pkproxy_redis_up",
+            "1 while Redis (shared budget, quotas, cache) is usable, 0 while serving alone.",
+            registry=self.registry,
+        )
+        self.redis_replicas = Gauge(
+            "pkproxy_redis_replicas",
+            "Replicas sharing this egress budget, as last seen through heartbeats.",
+            registry=self.registry,
+        )
+        self.redis_slow = Counter(
+            "pkproxy_redis_slow",
+            "Redis calls slower than redis.grant_timeout_ms (each served without Redis).",
+            registry=self.registry,
+        )
+
+    def request_done(self, route: str, method: str, status: int, cache: str) -> Any:
+        """The children a finished request moves, bound once per label set (labels() takes
+        a lock and builds a key each time: too much for every cache hit)."""
+        key = (route, method, status, cache)
+        bound = self._bound.get(key)
+        if bound is None:
+            if len(self._bound) > 10_000:  # routes are templates: this is a safety net only
+                self._bound.clear()
+            bound = (
+                self.requests.labels(route, method, str(status), cache),
+                self.request_duration.labels(cache),
+            )
+            self._bound[key] = bound
+        return bound
 
     def init_scopes(self, scopes: list[str]) -> None:
         """Export every per-scope series from the start, at zero, so that dashboards and

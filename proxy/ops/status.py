@@ -13,7 +13,7 @@ import secrets
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.budget.scheduler import Scheduler
 from proxy.cache.store import CacheStore
@@ -56,6 +56,14 @@ class Activity:
     throttled: Counter[str] = field(default_factory=Counter)  # local 429s by reason
 
 
+class RedisState(Protocol):
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def replicas_seen(self) -> int | None: ...
+
+
 class StatusBoard:
     def __init__(
         self,
@@ -86,6 +94,7 @@ class StatusBoard:
         self._stats: dict[str, int] = {}
         self._stats_at = float("-inf")
         self._stats_lock = asyncio.Lock()
+        self.redis: RedisState | None = None  # set when replicas share state in Redis
 
     # -- fed ---------------------------------------------------------------------------
     def record(self, log: RequestLog, status: int) -> None:
@@ -162,7 +171,15 @@ class StatusBoard:
                 "hit_ratio": round(self.hits / self.lookups, 3) if self.lookups else None,
                 "in_flight": self._flights(),
             },
+            "redis": self.redis_view(),
         }
+
+    def redis_view(self) -> dict[str, Any]:
+        """Shared state: "off" (one process), "ok", or "degraded" (serving alone on a safe
+        share of the rate until Redis is back), and the replicas last seen."""
+        if self.redis is None:
+            return {"state": "off", "replicas": None}
+        return {"state": self.redis.state, "replicas": self.redis.replicas_seen}
 
     def _scopes(self) -> dict[str, dict[str, Any]]:
         return {

@@ -89,7 +89,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "default_priority": "normal",
         "keys": [],
     },
-    "log": {"level": "info", "format": "auto"},
+    "log": {"level": "info", "format": "auto", "requests": "sample", "sample_every": 100},
     "redis": {
         "url": "",
         "key_prefix": "pkproxy:",
@@ -191,6 +191,8 @@ class ConsumerSettings:
 class LogSettings:
     level: str
     format: str
+    requests: str  # all | sample | errors: which request.completed events are written
+    sample_every: int  # with "sample": one cache hit in this many is logged
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,4 +361,6 @@ def _build_log(raw: Mapping[str, Any], c: _Checker) -> LogSettings:
     return LogSettings(
         level=c.text(raw, "log", "level", ("debug", "info", "warning", "error")),
         format=c.text(raw, "log", "format", ("auto", "json", "console")),
+        requests=c.text(raw, "log", "requests", ("all", "sample", "errors")),
+        sample_every=c.number(raw, "log", "sample_every", 1, integer=True),
     )

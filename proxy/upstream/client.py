@@ -22,6 +22,7 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     body: bytes
     elapsed: float
+    shared: bool = False  # stored by another replica's fetch, read from the shared tier
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()

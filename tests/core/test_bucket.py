@@ -205,3 +205,14 @@ def test_sharing_the_seed_bucket_does_not_collapse() -> None:
     assert result.served == 40
     assert 40 / result.last_at >= 0.3
     assert result.others_429 <= result.others_sent * 0.6
+
+
+def test_a_granted_request_not_sent_yet_holds_the_next_one() -> None:
+    """Burst 1: while a granted request has not left (a slow new connection), the next is
+    not granted; once it leaves, the next waits one interval from then."""
+    model = BucketModel(2.0, 1, 0.0, 0.0)
+    model.take(0.0)
+    assert model.wait_for(0, 0.045) == pytest.approx(0.5)  # as if it left now
+    model.sent(0.045)
+    assert model.wait_for(0, 0.045) == pytest.approx(0.5)
+    assert model.wait_for(0, 0.545) == 0.0

@@ -313,3 +313,13 @@ def test_cache_purge_without_a_running_proxy_acts_on_the_disk(tmp_path: Path) ->
     assert json.loads(result.stdout)["evicted"] == 0
     assert pkproxy("cache", "purge", env=env).returncode == 2
     assert pkproxy("cache", "purge", "/v2/../etc", env=env).returncode == 2
+
+
+def test_check_config_masks_the_redis_password() -> None:
+    """check-config prints the configuration, never the password in redis.url."""
+    env = {"PKPROXY_REDIS_URL": "redis://:s3cret-pass@redis.example:6379/0"}
+    result = pkproxy("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert "s3cret-pass" not in result.stdout
+    assert printed["redis"]["url"] == "redis://:********@redis.example:6379/0"
