@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from proxy.budget.scheduler import ScopeScheduler, Ticket
 from proxy.clock import Clock
-from proxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from proxy.core.errors import UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from proxy.core.fairqueue import Priority
 from proxy.core.ratesignal import RateSignal, read_signal
 from proxy.ops.logs import get_logger
@@ -129,8 +129,7 @@ class Forwarder:
                 out.method, out.path_and_query, out.headers, out.body, headers_written
             )
         except (UpstreamUnavailable, UpstreamTimeout) as error:
-            failure = "timeout" if isinstance(error, UpstreamTimeout) else "unreachable"
-            self._metrics.upstream_requests.labels(scope.spec.name, failure).inc()
+            self._metrics.upstream_requests.labels(scope.spec.name, _failure(error)).inc()
             raise
         finally:
             self.in_flight -= 1
@@ -140,3 +139,10 @@ class Forwarder:
         signal = read_signal(response.status, response.headers, response.body, self._clock.wall())
         await scope.pacer.learn(signal, sent_at, scope.now())
         return response, signal
+
+
+def _failure(error: UpstreamUnavailable | UpstreamTimeout) -> str:
+    """The `status` label of an upstream request that got no usable answer."""
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    return "too_large" if isinstance(error, UpstreamTooLarge) else "unreachable"

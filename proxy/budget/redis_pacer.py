@@ -16,16 +16,12 @@ from proxy.clock import Clock
 from proxy.core.bucket import BucketModel
 from proxy.core.budget import ScopeSpec
 from proxy.core.ratesignal import RateSignal
-from proxy.shared.link import RedisLink
+from proxy.shared.link import LUA_NOW, RedisLink
 
 # Shared head of every script: the clock, the stored state, the tighter learned limit.
-_HEAD = """
-local key = KEYS[1]
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_HEAD = (
+    LUA_NOW
+    + """
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local reserve = tonumber(ARGV[4])
@@ -47,6 +43,7 @@ local function reply(wait)
           tostring(rate), tostring(cap)}
 end
 """
+)
 
 # ARGV[6]: jitter in [0, 1).
 RESERVE = (

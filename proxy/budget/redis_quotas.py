@@ -6,16 +6,12 @@ from __future__ import annotations
 from proxy.budget.quotas import LocalQuotaStore
 from proxy.clock import Clock
 from proxy.core.quota import QuotaCheck
-from proxy.shared.link import RedisLink
+from proxy.shared.link import LUA_NOW, RedisLink
 
 # QuotaBucket (core/quota.py) as one atomic script: a refused request is not charged.
-TAKE = """
-local key = KEYS[1]
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+TAKE = (
+    LUA_NOW
+    + """
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local e = 1 / rate
@@ -33,6 +29,7 @@ end
 local remaining = math.min(burst, math.floor((now - allow_at) / e + 1e-9) + 1)
 return {1, remaining, '0', tostring(tat - now)}
 """
+)
 
 
 class RedisQuotaStore:

@@ -9,7 +9,7 @@ from typing import Any
 import diskcache
 
 from proxy.cache.memory import MemoryFront
-from proxy.cache.store import CorruptEntry, Entry, WriteGenerations
+from proxy.cache.store import Entry, WriteGenerations, decode_entry
 from proxy.ops.logs import get_logger
 
 
@@ -46,15 +46,11 @@ class DiskStore:
 
     async def get(self, key: str) -> Entry | None:
         raw = await self._on_disk("get", key)
-        if raw is None:
-            return None
-        try:
-            return Entry.from_bytes(raw)
-        except CorruptEntry:
+        entry = None if raw is None else decode_entry(raw, "disk")
+        if raw is not None and entry is None:
             self.corrupt_dropped += 1
-            self._log.warning("cache.corrupt_entry_dropped")
             await self._on_disk("delete", key)
-            return None
+        return entry
 
     async def set(self, key: str, entry: Entry, since: int) -> bool:
         if self._generations.outdated(entry.tag, since):

@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.cache.store import CorruptEntry, Entry
+from proxy.cache.store import Entry, decode_entry
 from proxy.clock import Clock
 from proxy.ops.logs import get_logger
 from proxy.shared.link import RedisLink
@@ -63,15 +63,11 @@ class RedisStore:
 
     async def get(self, key: str) -> Entry | None:
         raw = await self._link.call(lambda: self._link.client.get(self._entry_key(key)))
-        if raw is None:
-            return None
-        try:
-            return Entry.from_bytes(raw)
-        except CorruptEntry:
+        entry = None if raw is None else decode_entry(raw, "redis")
+        if raw is not None and entry is None:
             self.corrupt_dropped += 1
-            _log.warning("cache.corrupt_entry_dropped", tier="redis")
             await self._link.call(lambda: self._link.client.delete(self._entry_key(key)))
-            return None
+        return entry
 
     async def set(self, key: str, entry: Entry, since: int) -> bool:
         if since < 0:

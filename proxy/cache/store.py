@@ -9,6 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.ops.logs import get_logger
+
+_log = get_logger()
 _MAGIC = b"PKC1"
 _HEAD = struct.Struct(">4sII")  # magic, crc32 of the rest, length of the JSON meta
 
@@ -58,6 +61,16 @@ class Entry:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptEntry("bad metadata") from exc
+
+
+def decode_entry(raw: Any, tier: str) -> Entry | None:
+    """A stored entry, or None if it cannot be trusted (counted and logged by the caller's
+    tier, which then deletes it: a corrupt entry is refetched, never served)."""
+    try:
+        return Entry.from_bytes(raw)
+    except CorruptEntry:
+        _log.warning("cache.corrupt_entry_dropped", tier=tier)
+        return None
 
 
 class CacheStore(Protocol):

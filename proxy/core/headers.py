@@ -164,5 +164,5 @@ def parse_control(headers: Mapping[str, str]) -> Control:
     return Control(max_wait, priority)
 
 
-def header_bytes(headers: Headers) -> int:
+def header_bytes(headers: Iterable[tuple[str, str]] | Iterable[tuple[bytes, bytes]]) -> int:
     return sum(len(name) + len(value) + 4 for name, value in headers)

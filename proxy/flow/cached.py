@@ -44,19 +44,20 @@ class CachedPath:
         self._parts, self._responder = parts, responder
         self._cache, self._origin = cache, origin
         self.coalescer = parts.coalescer
+        lookups = parts.metrics.cache_lookups
+        self._hit, self._stale, self._miss = (lookups.labels(r) for r in ("hit", "stale", "miss"))
 
     async def serve(self, req: Request, log: RequestLog) -> web.StreamResponse:
-        accept = next((v for k, v in req.headers if k.lower() == "accept-encoding"), None)
-        encoding = cache_encoding_class(accept)
+        encoding = cache_encoding_class(req.accept_encoding)
         key = cachepolicy.cache_key(self._origin, req.target.path_and_query, encoding)
         state = self._classify(await self._cache.get(key))
         match state:
             case Fresh(entry=entry):
-                self._parts.metrics.cache_lookups.labels("hit").inc()
+                self._hit.inc()
                 log.cache = CacheResult.HIT
                 return self._responder.entry(req, entry, CacheResult.HIT)
             case Stale(entry=entry):
-                self._parts.metrics.cache_lookups.labels("stale").inc()
+                self._stale.inc()
                 log.cache = CacheResult.STALE
                 self._refresh(req, key, encoding)
                 return self._responder.entry(req, entry, CacheResult.STALE)
@@ -64,7 +65,7 @@ class CachedPath:
                 fallback = state.fallback
             case Miss():
                 fallback = None
-        self._parts.metrics.cache_lookups.labels("miss").inc()
+        self._miss.inc()
         return await self._fetch(req, log, key, encoding, fallback)
 
     async def purge(self, raw_path: str) -> tuple[str, int]:
@@ -132,7 +133,7 @@ class CachedPath:
     ) -> Make[UpstreamResponse]:
         upstream_settings = self._parts.settings.upstream
         # Only what cannot change the answer is forwarded: nothing unkeyed reaches upstream.
-        agent = [(k, v) for k, v in req.headers if k.lower() == "user-agent"]
+        agent = [] if req.user_agent is None else [("User-Agent", req.user_agent)]
         headers = forward_request_headers(
             agent, upstream_settings.user_agent, upstream_settings.via, encoding
         )

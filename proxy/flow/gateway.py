@@ -168,7 +168,7 @@ class Gateway:
         return await self.direct.serve(req, log)
 
     async def _classify(self, request: web.Request, target: Target, log: RequestLog) -> Request:
-        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        raw_headers = request.raw_headers
         if header_bytes(raw_headers) > self.settings.server.max_header_bytes:
             raise HeadersTooLarge("431: request headers too large")
         try:
@@ -189,8 +189,18 @@ class Gateway:
         max_wait = wait_ms / 1000.0
         priority = Priority(control.priority or consumer.priority)
         place = Place(consumer.name, consumer.weight, priority, max_wait, scope.now() + max_wait)
+        headers = request.headers
+        credentialed = has_credential(headers.items())
         return Request(
-            target, consumer, scope, place, raw_headers, body, has_credential(raw_headers)
+            target,
+            consumer,
+            scope,
+            place,
+            raw_headers,
+            body,
+            credentialed,
+            headers.get("Accept-Encoding"),
+            headers.get("User-Agent"),
         )
 
 

@@ -3,6 +3,7 @@ one `request.completed` event."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.budget.forward import Outbound, Place
@@ -20,9 +21,22 @@ class Request:
     consumer: Consumer
     scope: ScopeScheduler
     place: Place
-    headers: list[tuple[str, str]]
+    raw_headers: Sequence[tuple[bytes, bytes]]  # as received, in order
     body: bytes
     credentialed: bool
+    accept_encoding: str | None = None
+    user_agent: str | None = None
+    _decoded: list[tuple[str, str]] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The request's headers as text, decoded once and only when needed (a cache hit
+        never needs them)."""
+        if self._decoded is None:
+            self._decoded = [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers
+            ]
+        return self._decoded
 
 
 @dataclass(slots=True)

@@ -26,6 +26,17 @@ from proxy.ops.metrics import Metrics
 from proxy.settings import RedisSettings
 
 T = TypeVar("T")
+
+# The head of every Lua script of pkproxy's: `now` is Redis's own clock (one clock for every
+# replica), unless ARGV[1] gives one (tests drive time through it).
+LUA_NOW = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
 _log = get_logger()
 # Consecutive slow answers after which the link counts as lost (one is only that grant's).
 _SLOW_LIMIT = 3

@@ -13,6 +13,7 @@ import aiohttp
 
 from tests.perf.budget import budget
 from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
+from tests.perf.hits import hit_path
 from tests.perf.replicas import replicas
 from tests.perf.soak import queue_memory, soak
 from tests.perf.status_page import status_pages
@@ -414,6 +415,7 @@ SCENARIOS: dict[str, Callable[[], list[Row]]] = {
     "saturation": saturation,
     "latency": latency,
     "cache": cache_hits,
+    "hits": hit_path,
     "zipf": zipf,
     "fairness": fairness,
     "status": status_pages,
