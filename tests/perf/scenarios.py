@@ -41,7 +41,8 @@ async def _saturate(proxy: str, fake: str, profile: str, seconds: float) -> list
                 url = f"{proxy}/v2/messages/123456789012345678?c={n}&i={i}"
             elif kind >= 2:
                 url, method, body = f"{proxy}/v2/members/abcde", "PATCH", b'{"name":"x"}'
-            headers = {"Authorization": "token-exmpl", "X-PKProxy-Max-Wait": "2000"}
+            # a credential the fake does not know: charged to the IP bucket, never cached
+            headers = {"Authorization": "x", "X-PKProxy-Max-Wait": "2000"}
             async with session.request(method, url, data=body, headers=headers) as response:
                 await response.read()
                 key = (
