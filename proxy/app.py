@@ -22,7 +22,7 @@ from proxy.clock import Clock, SystemClock
 from proxy.flow.coalesce import Coalescer
 from proxy.flow.consumers import Consumers
 from proxy.flow.gateway import Gateway, Parts
-from proxy.ops.endpoints import BOARD, GATEWAY, METRICS, own_endpoint
+from proxy.ops.endpoints import BOARD, GATEWAY, METRICS, OWN_ENDPOINTS, own_endpoint
 from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
 from proxy.server import expect
@@ -126,9 +126,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Own endpoints by exact raw path; everything else is the gateway's to admit or refuse."""
-    own = await own_endpoint(request, request.raw_path.partition("?")[0])
-    if own is not None:
-        return own
+    path = request.raw_path.partition("?")[0]
+    if path in OWN_ENDPOINTS:
+        own = await own_endpoint(request, path)
+        if own is not None:
+            return own
     return await request.app[GATEWAY].handle(request)
 
 

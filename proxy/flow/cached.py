@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from proxy.flow.gateway import Parts
 
 REFRESH_CONSUMER = "pkproxy-refresh"
+# Set by the proxy on every answer from the cache (Via and rate headers are dropped by
+# response_headers already): a stored copy of upstream's would be a duplicate.
+_OURS = frozenset({"x-cache", "age"})
 _log = get_logger()
 _UPSTREAM_FAILURES = (UpstreamUnavailable, UpstreamTimeout, Throttled, TimeoutError)
 
@@ -194,7 +197,9 @@ class CachedPath:
             )
             return
         tag = cachepolicy.cache_tag(self._origin, req.target.path)
-        headers = tuple(response_headers(upstream.headers, None))
+        headers = tuple(
+            (k, v) for k, v in response_headers(upstream.headers, None) if k.lower() not in _OURS
+        )
         now = self._parts.clock.wall()
         entry = Entry(upstream.status, headers, upstream.body, now, decision.ttl, tag)
         stored = await self._cache.set(key, entry, since)

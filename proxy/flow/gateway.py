@@ -61,6 +61,7 @@ class Parts:
     board: StatusBoard
 
 
+_PRIORITIES = {p.value: p for p in Priority}
 # Answered from the cache without spending anything upstream: sampled in the log.
 _FROM_CACHE = frozenset({CacheResult.HIT, CacheResult.STALE})
 
@@ -185,9 +186,11 @@ class Gateway:
             budget.max_wait_ceiling_ms,
         )
         server = self.settings.server
-        body = await _read_body(request, server.max_body_bytes, server.body_timeout_seconds)
+        body = b""  # most requests (GETs) have none: nothing to read or wait for
+        if request.body_exists or request.content_length:
+            body = await _read_body(request, server.max_body_bytes, server.body_timeout_seconds)
         max_wait = wait_ms / 1000.0
-        priority = Priority(control.priority or consumer.priority)
+        priority = _PRIORITIES[control.priority or consumer.priority]
         place = Place(consumer.name, consumer.weight, priority, max_wait, scope.now() + max_wait)
         headers = request.headers
         credentialed = has_credential(headers.items())
@@ -209,8 +212,6 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     being buffered whole, a slower one with 408, a malformed one (bad chunking) with 400."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
-    if not request.body_exists:
-        return b""  # most requests (GETs): no body, nothing to wait for
     chunks: list[bytes] = []
     size = 0
     try:

@@ -80,9 +80,10 @@ def passthrough(
     if head_length is not None and not body:
         out["Content-Length"] = head_length
         return web.Response(status=status, headers=out)
-    return web.Response(status=status, body=body if status not in {204, 304} else None, headers=out)
+    return web.Response(status=status, body=body if status not in _NO_BODY else None, headers=out)
 
 
+_NO_BODY = frozenset({204, 304})
 _RECENT_SECONDS = 0.005
 _RECENT_LIMIT = 10_000
 
@@ -136,6 +137,12 @@ class Responder:
         return passthrough(upstream.status, headers, upstream.body, extra, head_length)
 
     def entry(self, req: Request, entry: Entry, cache: CacheResult) -> web.Response:
-        age = max(0, int(self._clock.wall() - entry.stored_at))
-        extra = {**self.rate_headers(req), "X-Cache": cache, "Age": str(age), "Via": self._via}
-        return passthrough(entry.status, list(entry.headers), entry.body, extra)
+        """An answer from the cache: the stored headers hold none of the proxy's own (they
+        are dropped when stored), so the proxy's are added, not replaced."""
+        out = CIMultiDict(entry.headers)
+        out.extend(self.rate_headers(req))
+        out.add("X-Cache", cache)
+        out.add("Age", str(max(0, int(self._clock.wall() - entry.stored_at))))
+        out.add("Via", self._via)
+        body = entry.body if entry.status not in _NO_BODY else None
+        return web.Response(status=entry.status, body=body, headers=out)
