@@ -32,6 +32,24 @@ async def backlog(http: aiohttp.ClientSession, proxy: TestServer, count: int) ->
     return list(await asyncio.gather(*(get(http, url, Authorization="x") for url in urls)))
 
 
+async def beside_another_program(
+    http: aiohttp.ClientSession,
+    proxy: TestServer,
+    upstream: TestServer,
+    fake: FakePluralKit,
+    rate: float,
+    count: int,
+) -> tuple[list[int], list[int]]:
+    """A backlog of `count` through the proxy while another program on the same IP calls
+    PluralKit directly `rate` times a second: the statuses of both."""
+    stop = asyncio.Event()
+    other = asyncio.create_task(other_program(http, upstream, rate, stop))
+    await wait_until(lambda: len(fake.arrivals) >= 2, what="the other program has started")
+    statuses = await backlog(http, proxy, count)
+    stop.set()
+    return statuses, await other
+
+
 async def other_program(
     http: aiohttp.ClientSession, upstream: TestServer, rate: float, stop: asyncio.Event
 ) -> list[int]:
@@ -72,17 +90,7 @@ async def test_another_program_on_the_ip_is_read_from_the_answers(
     proxy reads the room left from X-RateLimit-Remaining, and neither side sees a 429 storm."""
     pluralkit(fake)
     proxy = await make_proxy(budget={"profile": "pluralkit", "default_max_wait_ms": 30_000})
-    stop = asyncio.Event()
-    other = asyncio.create_task(other_program(http, upstream, 3.0, stop))
-    await wait_until(lambda: len(fake.arrivals) >= 2, what="the other program has started")
-    statuses = await asyncio.gather(
-        *(
-            get(http, proxy.make_url(f"/v2/members/abcde?n={n}"), Authorization="x")
-            for n in range(40)
-        )
-    )
-    stop.set()
-    theirs = await other
+    statuses, theirs = await beside_another_program(http, proxy, upstream, fake, 3.0, 40)
     assert statuses == [200] * 40
     ours_429 = sum(1 for a in fake.arrivals if a.status == 429 and "?n=" in a.path)
     assert ours_429 <= 3
@@ -102,17 +110,7 @@ async def test_after_upstream_429s_the_proxy_backs_off_and_the_bucket_drains(
     proxy = await make_proxy(
         budget={"scopes": [{"name": "all", "rate": 20}], "default_max_wait_ms": 30_000}
     )
-    stop = asyncio.Event()
-    other = asyncio.create_task(other_program(http, upstream, 10.0, stop))
-    await wait_until(lambda: len(fake.arrivals) >= 2, what="the other program has started")
-    statuses = await asyncio.gather(
-        *(
-            get(http, proxy.make_url(f"/v2/members/abcde?n={n}"), Authorization="x")
-            for n in range(30)
-        )
-    )
-    stop.set()
-    theirs = await other
+    statuses, theirs = await beside_another_program(http, proxy, upstream, fake, 10.0, 30)
     assert statuses.count(200) == 30
     assert theirs.count(200) >= len(theirs) * 0.4
 
