@@ -41,7 +41,7 @@ def proxy_settings(upstream_url: str, cache_dir: Path, **sections: dict[str, Any
         "upstream": {"url": upstream_url, "timeout_seconds": 5.0},
         "cache": {"directory": str(cache_dir)},
         # Here the fake, the proxy and the clients share one event loop, whose lag under a
-        # burst of 50 clients varies by more than the default margin's 10 ms at 2/s (a
+        # burst of 50 clients varies by more than the default margin's 7.5 ms at 2/s (a
         # network's jitter is what the default is for; tests/perf measures it between
         # processes). A test that is about the margin sets its own.
         "budget": {"margin": 0.05},

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "budget": {
         "profile": "seed",
-        "margin": 0.02,
+        "margin": 0.015,
         "reserve": 2.0,
         "default_max_wait_ms": 10_000,
         "max_wait_ceiling_ms": 60_000,
