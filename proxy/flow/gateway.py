@@ -11,7 +11,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from proxy.budget.forward import Forwarder, Place
 from proxy.budget.quotas import Quotas
-from proxy.budget.scheduler import Scheduler
+from proxy.budget.scheduler import Scheduler, ScopeScheduler
 from proxy.cache.invalidator import Invalidator
 from proxy.cache.store import CacheStore, FetchLeases
 from proxy.clock import Clock
@@ -33,7 +33,7 @@ from proxy.core.fairqueue import Priority
 from proxy.core.headers import has_credential, header_bytes, parse_control
 from proxy.flow.cached import CachedPath
 from proxy.flow.coalesce import Coalescer
-from proxy.flow.consumers import Consumers
+from proxy.flow.consumers import Consumer, Consumers
 from proxy.flow.direct import DirectPath
 from proxy.flow.request import Request, RequestLog
 from proxy.flow.responses import PREFLIGHT, Responder, error_response
@@ -162,15 +162,26 @@ class Gateway:
         if request.method == "OPTIONS":
             log.cache = CacheResult.NONE
             return web.Response(status=200, headers=PREFLIGHT)
-        req = await self._classify(request, target, log)
-        if self.cached is not None and cachepolicy.is_cacheable_request(target, req.credentialed):
-            return await self.cached.serve(req, log)
+        consumer, scope, place = self._identify(request, target, log)
+        headers = request.headers
+        credentialed = has_credential(headers.items())
+        cached = self.cached
+        if cached is not None and cachepolicy.is_cacheable_request(target, credentialed):
+            accept = headers.get("Accept-Encoding")
+            hit = cached.fresh_in_memory(target, accept, consumer, scope, place, log)
+            if hit is not None:
+                return hit
+            req = await self._request(request, target, consumer, scope, place, credentialed)
+            return await cached.serve(req, log)
+        req = await self._request(request, target, consumer, scope, place, credentialed)
         log.cache = CacheResult.BYPASS
         return await self.direct.serve(req, log)
 
-    async def _classify(self, request: web.Request, target: Target, log: RequestLog) -> Request:
-        raw_headers = request.raw_headers
-        if header_bytes(raw_headers) > self.settings.server.max_header_bytes:
+    def _identify(
+        self, request: web.Request, target: Target, log: RequestLog
+    ) -> tuple[Consumer, ScopeScheduler, Place]:
+        """Who asks, which scope it would spend, and where it would wait."""
+        if header_bytes(request.raw_headers) > self.settings.server.max_header_bytes:
             raise HeadersTooLarge("431: request headers too large")
         try:
             control = parse_control(request.headers)
@@ -185,21 +196,32 @@ class Gateway:
             control.max_wait_ms if control.max_wait_ms is not None else budget.default_max_wait_ms,
             budget.max_wait_ceiling_ms,
         )
+        max_wait = wait_ms / 1000.0
+        priority = _PRIORITIES[control.priority or consumer.priority]
+        place = Place(consumer.name, consumer.weight, priority, max_wait, scope.now() + max_wait)
+        return consumer, scope, place
+
+    async def _request(
+        self,
+        request: web.Request,
+        target: Target,
+        consumer: Consumer,
+        scope: ScopeScheduler,
+        place: Place,
+        credentialed: bool,
+    ) -> Request:
+        """The request as the flow carries it upstream-bound, its body read."""
         server = self.settings.server
         body = b""  # most requests (GETs) have none: nothing to read or wait for
         if request.body_exists or request.content_length:
             body = await _read_body(request, server.max_body_bytes, server.body_timeout_seconds)
-        max_wait = wait_ms / 1000.0
-        priority = _PRIORITIES[control.priority or consumer.priority]
-        place = Place(consumer.name, consumer.weight, priority, max_wait, scope.now() + max_wait)
         headers = request.headers
-        credentialed = has_credential(headers.items())
         return Request(
             target,
             consumer,
             scope,
             place,
-            raw_headers,
+            request.raw_headers,
             body,
             credentialed,
             headers.get("Accept-Encoding"),

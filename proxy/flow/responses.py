@@ -7,14 +7,16 @@ import json
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.budget.forward import Place
 from proxy.budget.quotas import Quotas
-from proxy.budget.scheduler import ScopeView
+from proxy.budget.scheduler import ScopeScheduler, ScopeView
 from proxy.cache.store import Entry
 from proxy.clock import Clock, wall_ms_in
 from proxy.core.cachepolicy import CacheResult
 from proxy.core.errors import ProxyError, Throttled
 from proxy.core.headers import response_headers
 from proxy.core.ratesignal import read_signal, retry_after_header
+from proxy.flow.consumers import Consumer
 from proxy.flow.request import Request
 from proxy.upstream.client import UpstreamResponse
 
@@ -101,14 +103,18 @@ class Responder:
         self._recent: dict[tuple[str, str, float, float], tuple[float, dict[str, str]]] = {}
 
     def rate_headers(self, req: Request) -> dict[str, str]:
-        place = req.place
-        key = (req.scope.spec.name, place.consumer, place.weight, place.max_wait)
+        return self.rate_headers_for(req.scope, req.consumer, req.place)
+
+    def rate_headers_for(
+        self, scope: ScopeScheduler, consumer: Consumer, place: Place
+    ) -> dict[str, str]:
+        key = (scope.spec.name, place.consumer, place.weight, place.max_wait)
         now = self._clock.monotonic()
         recent = self._recent.get(key)
         if recent is not None and recent[0] > now:
             return recent[1]
-        view = req.scope.view(place.consumer, place.weight, place.max_wait)
-        headers = rate_headers(self._quotas.view(req.consumer, view))
+        view = scope.view(place.consumer, place.weight, place.max_wait)
+        headers = rate_headers(self._quotas.view(consumer, view))
         if len(self._recent) >= _RECENT_LIMIT:
             self._recent.clear()
         self._recent[key] = (now + _RECENT_SECONDS, headers)
@@ -137,10 +143,20 @@ class Responder:
         return passthrough(upstream.status, headers, upstream.body, extra, head_length)
 
     def entry(self, req: Request, entry: Entry, cache: CacheResult) -> web.Response:
+        return self.entry_for(req.scope, req.consumer, req.place, entry, cache)
+
+    def entry_for(
+        self,
+        scope: ScopeScheduler,
+        consumer: Consumer,
+        place: Place,
+        entry: Entry,
+        cache: CacheResult,
+    ) -> web.Response:
         """An answer from the cache: the stored headers hold none of the proxy's own (they
         are dropped when stored), so the proxy's are added, not replaced."""
         out = CIMultiDict(entry.headers)
-        out.extend(self.rate_headers(req))
+        out.extend(self.rate_headers_for(scope, consumer, place))
         out.add("X-Cache", cache)
         out.add("Age", str(max(0, int(self._clock.wall() - entry.stored_at))))
         out.add("Via", self._via)
