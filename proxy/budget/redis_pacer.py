@@ -90,6 +90,12 @@ return reply(0)
 )
 
 
+# A turn lasts this long (a grant late by more waits for the next); between two replicas'
+# turns there is one more of it, for the delay between a grant and its send.
+_TURN_WINDOW = 0.005
+_TURN_SLACK = 0.01
+
+
 class RedisPacer:
     """A Pacer whose bucket state lives in Redis; estimates come from the last reply."""
 
@@ -108,6 +114,7 @@ class RedisPacer:
         self._clock = clock
         self._key = link.key("budget", link.settings.egress, spec.name)
         self._args: list[str | float] = [spec.rate, spec.burst, reserve, margin]
+        self._margin = margin
         self._reserve = link.client.register_script(RESERVE)
         self._learn = link.client.register_script(LEARN)
         self._mirror = BucketModel(spec.rate, spec.burst, reserve, margin)
@@ -144,6 +151,8 @@ class RedisPacer:
             if pending > 0.0:
                 return pending
         recovering = "1" if self._alone and self._was_shared else ""
+        if recovering and self._link.settling():
+            return await self._alone_reserve()
         args: list[str | float] = [
             self._now_arg(),
             *self._args,
@@ -160,6 +169,9 @@ class RedisPacer:
         return wait
 
     async def _alone_reserve(self) -> float:
+        turn = self._turn_in()
+        if turn > 0.0:
+            return turn
         if not self._alone:
             # Start from what the shared bucket last said (never faster than it allowed),
             # at a random point of one slot, so that the replicas that lost Redis together
@@ -168,6 +180,19 @@ class RedisPacer:
             now = self._clock.monotonic()
             self._fallback.adopt(max(self._mirror.tat, now), self._share(), self._random.random())
         return await self._fallback.reserve()
+
+    def _turn_in(self) -> float:
+        """At burst 1 without Redis, the replicas last counted take turns by wall clock: of
+        every N slots of 1/rate (plus the margin and the grant-to-send delay), replica k
+        sends in slot k only, so that two of them never land closer than one interval.
+        (With a burst the bucket absorbs their phases: rate / N suffices.) 0: its turn."""
+        seen = self._link.replicas_seen
+        if self.spec.burst > 1 or not seen or seen < 2:
+            return 0.0
+        slot = (1.0 / self.spec.rate) * (1.0 + self._margin) + _TURN_SLACK
+        cycle = slot * seen
+        into = (self._clock.wall() - self._link.replica_index * slot) % cycle
+        return 0.0 if into < _TURN_WINDOW else cycle - into
 
     def _share(self) -> float:
         seen = self._link.replicas_seen

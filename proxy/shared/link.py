@@ -64,6 +64,8 @@ class RedisLink:
         self.available = False
         self.ever_available = False
         self.replicas_seen: int | None = None
+        self.replica_index = 0
+        self._recovered_at = float("-inf")
         self._slow = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._on_invalidate: list[Callable[[str], None]] = []
@@ -117,8 +119,15 @@ class RedisLink:
             for callback in self._on_lost:
                 callback()
 
+    def settling(self) -> bool:
+        """Redis came back less than 1.5 heartbeats ago: the other replicas may not have
+        noticed yet and still pace alone, so this one does too until they have."""
+        since = self._clock.monotonic() - self._recovered_at
+        return self.ever_available and since < 1.5 * self.settings.heartbeat_seconds
+
     def _recovered(self) -> None:
         if not self.available:
+            self._recovered_at = self._clock.monotonic()
             self.available = True
             self._metrics.redis_up.set(1)
             event = "redis.recovered" if self.ever_available else "redis.connected"
@@ -156,13 +165,17 @@ class RedisLink:
                 now = float((await self.client.time())[0])
                 pipe.zadd(self._replicas_key, {self.replica: now})
                 pipe.zremrangebyscore(self._replicas_key, "-inf", now - 3 * period)
-                pipe.zcard(self._replicas_key)
+                pipe.zrange(self._replicas_key, 0, -1)
                 pipe.expire(self._replicas_key, int(10 * period) + 1)
                 replies: list[Any] = await asyncio.wait_for(pipe.execute(), 2.0)
         except (RedisError, OSError, TimeoutError) as error:
             self._lost(type(error).__name__)
             return False
-        self.replicas_seen = max(1, int(replies[2]))
+        names = sorted(name.decode("utf-8", "replace") for name in replies[2])
+        self.replicas_seen = max(1, len(names))
+        # A place among the replicas that stays put while they do (names, not heartbeats):
+        # without Redis, replica k of N sends in every N-th slot only (see RedisPacer).
+        self.replica_index = names.index(self.replica) if self.replica in names else 0
         self._metrics.redis_replicas.set(self.replicas_seen)
         self._recovered()
         return True
