@@ -15,7 +15,13 @@ import time
 
 import aiohttp
 
-from tests.perf.harness import fetch_arrivals, max_in_window, percentile, processes
+from tests.perf.harness import (
+    fetch_arrivals,
+    max_in_window,
+    percentile,
+    processes,
+    scoped_request,
+)
 
 Row = tuple[str, str]
 RATES = {
@@ -55,12 +61,7 @@ async def _saturate(proxy: str, fake: str, profile: str, seconds: float) -> list
         i = 0
         while time.monotonic() < stop:
             i += 1
-            method, body = "GET", None
-            url = f"{proxy}/v2/members/abcde?c={n}&i={i}"
-            if scope == "message":
-                url = f"{proxy}/v2/messages/123456789012345678?c={n}&i={i}"
-            elif scope == "generic_update":
-                method, body, url = "PATCH", b'{"name":"x"}', f"{proxy}/v2/members/abcde"
+            method, url, body = scoped_request(proxy, scope, n, i)
             async with session.request(method, url, data=body, headers=headers) as response:
                 await response.read()
                 status = response.status

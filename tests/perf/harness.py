@@ -124,12 +124,28 @@ def processes(
             _wait_for(proxy_port)
             yield f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{fake_port}"
         finally:
-            for process in (proxy, fake):
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop(proxy, fake)
+
+
+def stop(*processes: subprocess.Popen[Any]) -> None:
+    """Terminate them all, then kill what has not exited within 15 s."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def scoped_request(base: str, scope: str, n: int, i: int) -> tuple[str, str, bytes | None]:
+    """The `i`-th request of client `n` that a `pluralkit`-profile scope is charged for:
+    distinct each time, so that nothing is cached or coalesced."""
+    if scope == "message":
+        return "GET", f"{base}/v2/messages/123456789012345678?c={n}&i={i}", None
+    if scope == "generic_update":
+        return "PATCH", f"{base}/v2/members/abcde", b'{"name":"x"}'
+    return "GET", f"{base}/v2/members/abcde?c={n}&i={i}", None
 
 
 async def fetch_arrivals(session: Any, fake_url: str) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ from tests.perf.harness import (
     max_in_window,
     percentile,
     processes,
+    scoped_request,
+    stop,
 )
 from tests.redis_fixtures import RedisServer
 
@@ -129,13 +131,7 @@ def cluster(count: int, profile: str, env: dict[str, str] | None = None) -> Iter
             _wait_ready(urls, count)
             yield Cluster(urls, f"http://127.0.0.1:{fake_port}", redis, logs)
         finally:
-            for process in started:
-                process.terminate()
-            for process in started:
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop(*started)
             redis.kill()
 
 
@@ -200,12 +196,7 @@ async def _saturated(c: Cluster, seconds: float) -> list[Row]:
         i = 0
         while time.monotonic() < stop:
             i += 1
-            method, body = "GET", None
-            url = f"{base}/v2/members/abcde?c={n}&i={i}"
-            if scope == "message":
-                url = f"{base}/v2/messages/123456789012345678?c={n}&i={i}"
-            elif scope == "generic_update":
-                method, body, url = "PATCH", b'{"name":"x"}', f"{base}/v2/members/abcde"
+            method, url, body = scoped_request(base, scope, n, i)
             async with session.request(method, url, data=body, headers=headers) as response:
                 await response.read()
                 counts[response.status] = counts.get(response.status, 0) + 1

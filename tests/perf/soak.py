@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.fakepk import PLURALKIT_SCOPES, FakePluralKit, pluralkit_scope
-from tests.perf.harness import ROOT, free_port
+from tests.perf.harness import ROOT, free_port, stop
 
 Row = tuple[str, str]
 POPULATION = 400
@@ -99,12 +99,7 @@ def processes(profile: str, env: dict[str, str]) -> Iterator[Processes]:
             urls = (f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{fake_port}")
             yield Processes(*urls, proxy.pid)
         finally:
-            for process in (proxy, fake):
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop(proxy, fake)
 
 
 def _wait_for(port: int) -> None:
