@@ -30,7 +30,7 @@ from proxy.core.errors import (
     UpstreamTimeout,
     UriTooLong,
 )
-from proxy.flow.responses import CORS, error_response
+from proxy.flow.responses import CORS, RawAnswer, error_response
 from proxy.ops.endpoints import GATEWAY
 from proxy.ops.logs import get_logger
 from proxy.settings import Settings
@@ -257,10 +257,26 @@ class ProxyRequestHandler(RequestHandler):
         """After a 408, or a body that could not be parsed, the connection closes once the
         answer is written: aiohttp would otherwise linger reading what is left of the body
         for up to 10 s (and re-raise its parse error while doing so)."""
+        if isinstance(resp, RawAnswer):
+            return await self._write_raw(resp)
         answered = await super().finish_response(request, resp, start_time)
         if resp.status == 408 or self._close_after_answer:
             self.force_close()
         return answered
+
+    async def _write_raw(self, answer: RawAnswer) -> tuple[Any, bool]:
+        """The quick path's answer, as it was rendered; (answer, True) if the client has
+        gone. Like aiohttp's writer, waits while the client reads slower than it is sent."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return answer, True
+        if answer.body:
+            transport.writelines((answer.head, answer.body))
+        else:
+            transport.write(answer.head)
+        if self.writing_paused:
+            await self._drain_helper()
+        return answer, False
 
     # -- errors aiohttp answers itself ------------------------------------------------
     def handle_error(
@@ -348,8 +364,15 @@ class ProxyRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup
         gateway = self.app[GATEWAY]
+        quick, whole = gateway.quick, plain.request_handler
+
+        async def handler(request: web.BaseRequest) -> Any:
+            """A fresh hit is answered here; every other request goes through the app."""
+            answer = quick(request)
+            return answer if answer is not None else await whole(request)
+
         return ProxyServer(
-            plain.request_handler,
+            handler,
             request_factory=plain.request_factory,
             limits=self._limits,
             refused=gateway.refused,

@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
@@ -17,12 +16,14 @@ from proxy.ops.logs import configure_logging
 from proxy.settings import Settings, load_settings
 from tests.fakepk import FakePluralKit
 from tests.redis_fixtures import redis_prefix, redis_server
+from tests.served import ProxyTestServer
 
 __all__ = ["redis_prefix", "redis_server"]  # fixtures for every test module
 
 configure_logging("info", "json")
 
 MakeProxy = Callable[..., Awaitable[TestServer]]
+ServeProxy = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
@@ -52,12 +53,29 @@ def proxy_settings(upstream_url: str, cache_dir: Path, **sections: dict[str, Any
 
 
 @pytest.fixture
-async def make_proxy(aiohttp_server: Any, upstream: TestServer, tmp_path: Path) -> MakeProxy:
+async def serve_proxy() -> AsyncIterator[ServeProxy]:
+    """Serve the app of `settings` as `pkproxy` does (ProxyRunner on a real port); every
+    server started is closed at the end of the test."""
+    servers: list[TestServer] = []
+
+    async def serve(
+        settings: Settings, clock: Clock | None = None, port: int | None = None
+    ) -> TestServer:
+        server = ProxyTestServer(create_app(settings, clock), settings, port=port)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in reversed(servers):
+        await server.close()
+
+
+@pytest.fixture
+async def make_proxy(serve_proxy: ServeProxy, upstream: TestServer, tmp_path: Path) -> MakeProxy:
     async def make(clock: Clock | None = None, **sections: dict[str, Any]) -> TestServer:
         settings = proxy_settings(str(upstream.make_url("/")), tmp_path / "cache", **sections)
-        app: web.Application = create_app(settings, clock)
-        server: TestServer = await aiohttp_server(app)
-        return server
+        return await serve_proxy(settings, clock)
 
     return make
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.server import ProxyRunner
@@ -33,6 +34,18 @@ async def serving(settings: Settings, app: web.Application | None = None) -> Asy
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+class ProxyTestServer(TestServer):
+    """aiohttp's TestServer (make_url, port, app, close) serving with ProxyRunner, as
+    `pkproxy` serves: the quick hit path and the server's limits are those under test."""
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ProxyRunner(self.app, self._settings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,30 @@ def test_memory_tier_tag_eviction() -> None:
     assert len(tier) == 1 and tier.get("b") is not None
 
 
+def test_what_is_derived_from_an_entry_goes_with_it_and_is_counted() -> None:
+    """The rendered head kept beside an entry: dropped when the entry is replaced, evicted
+    by tag or by the bound, or cleared; never kept for a key with no entry; its bytes count."""
+    tier = MemoryTier(10_000)
+    tier.derive("none", "block", 100)
+    assert tier.derived("none") is None and tier.bytes == 0
+    tier.set("a", entry(1, 1000, "/a"))
+    before = tier.bytes
+    tier.derive("a", "block-a", 300)
+    assert tier.derived("a") == "block-a" and tier.bytes == before + 300
+    tier.set("a", entry(2, 1000, "/a"))  # a new answer: the old rendering must not serve it
+    assert tier.derived("a") is None and tier.bytes == before
+    tier.derive("a", "block-a2", 300)
+    assert tier.evict_tag("/a") == 1
+    assert tier.derived("a") is None and tier.bytes == 0
+    for n in range(20):  # the bound evicts the oldest, its rendering with it
+        tier.set(f"k{n}", entry(n, 1000))
+        tier.derive(f"k{n}", n, 200)
+        assert tier.bytes <= 10_000 + 200
+    assert tier.derived("k0") is None and tier.derived("k19") == 19
+    tier.clear()
+    assert tier.derived("k19") is None and tier.bytes == 0
+
+
 def test_entry_round_trip_and_corruption() -> None:
     """An entry survives serialisation; any flipped byte is detected."""
     original = entry(7, 100)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from proxy.cache.store import CacheStore, Entry, WriteGenerations
 
 
 class MemoryTier:
-    """An LRU bounded by bytes, with a tag index so that a path evicts all its queries."""
+    """An LRU bounded by bytes, with a tag index so that a path evicts all its queries.
+    Something derived from an entry (its answer's rendered head) may be kept beside it: it
+    is dropped with the entry, so it can never outlive or mismatch it."""
 
-    __slots__ = ("_bytes", "_entries", "_limit", "_tags", "evictions")
+    __slots__ = ("_bytes", "_derived", "_derived_sizes", "_entries", "_limit", "_tags", "evictions")
 
     def __init__(self, limit_bytes: int) -> None:
         self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._derived: dict[str, Any] = {}
+        self._derived_sizes: dict[str, int] = {}
         self._tags: dict[str, set[str]] = {}
         self._limit = limit_bytes
         self._bytes = 0
@@ -32,6 +37,17 @@ class MemoryTier:
             self._entries.move_to_end(key)
         return entry
 
+    def derived(self, key: str) -> Any:
+        return self._derived.get(key)
+
+    def derive(self, key: str, value: Any, size: int) -> None:
+        """Keep `value` (`size` bytes, counted in the bound from the next write on) beside
+        the entry at `key`, which must be there, until the entry goes."""
+        if key in self._entries and key not in self._derived:
+            self._derived[key] = value
+            self._derived_sizes[key] = size
+            self._bytes += size
+
     def set(self, key: str, entry: Entry) -> None:
         self.delete(key)
         if entry.size > self._limit:
@@ -48,6 +64,8 @@ class MemoryTier:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self._bytes -= self._derived_sizes.pop(key, 0)
+        self._derived.pop(key, None)
         self._bytes -= entry.size
         keys = self._tags.get(entry.tag)
         if keys is not None:
@@ -63,6 +81,8 @@ class MemoryTier:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._derived.clear()
+        self._derived_sizes.clear()
         self._tags.clear()
         self._bytes = 0
 

@@ -30,7 +30,7 @@ from proxy.core.routes import UNKNOWN_ROUTE
 from proxy.flow.coalesce import Flight, Make
 from proxy.flow.consumers import Consumer
 from proxy.flow.request import Request, RequestLog
-from proxy.flow.responses import Responder
+from proxy.flow.responses import EntryBlock, RawAnswer, Responder
 from proxy.ops.logs import get_logger
 from proxy.upstream.client import UpstreamResponse
 
@@ -58,25 +58,33 @@ class CachedPath:
         encoding = cache_encoding_class(accept_encoding)
         return cachepolicy.cache_key(self._origin, target.path_and_query, encoding), encoding
 
-    def fresh_in_memory(
+    def quick_hit(
         self,
         target: Target,
-        accept_encoding: str | None,
         consumer: Consumer,
         scope: ScopeScheduler,
         place: Place,
         log: RequestLog,
-    ) -> web.Response | None:
+        request: web.BaseRequest,
+    ) -> RawAnswer | None:
         """The answer to the commonest request of all, a fresh entry in the memory tier,
-        without awaiting anything; None: take the whole path."""
-        if self._memory is None:
+        as bytes, without awaiting anything; None: take the whole path."""
+        memory = self._memory
+        if memory is None:
             return None
-        entry = self._memory.get(self._key(target, accept_encoding)[0])
+        key = self._key(target, request.headers.get("Accept-Encoding"))[0]
+        entry = memory.get(key)
         if entry is None or not isinstance(self._classify(entry), Fresh):
             return None
+        block: EntryBlock | None = memory.derived(key)
+        if block is None:
+            block = self._responder.entry_block(entry)
+            if block is None:
+                return None
+            memory.derive(key, block, len(block.stored) + len(block.tail) + 64)
         self._hit.inc()
         log.cache = CacheResult.HIT
-        return self._responder.entry_for(scope, consumer, place, entry, CacheResult.HIT)
+        return self._responder.raw_hit(scope, consumer, place, entry, block, request)
 
     async def serve(self, req: Request, log: RequestLog) -> web.StreamResponse:
         key, encoding = self._key(req.target, req.accept_encoding)

@@ -36,7 +36,7 @@ from proxy.flow.coalesce import Coalescer
 from proxy.flow.consumers import Consumer, Consumers
 from proxy.flow.direct import DirectPath
 from proxy.flow.request import Request, RequestLog
-from proxy.flow.responses import PREFLIGHT, Responder, error_response
+from proxy.flow.responses import PREFLIGHT, RawAnswer, Responder, error_response
 from proxy.ops.logs import RequestLogPolicy, get_logger
 from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
@@ -124,6 +124,31 @@ class Gateway:
         self._completed(log, response.status)
         return response
 
+    def quick(self, request: web.BaseRequest) -> RawAnswer | None:
+        """A fresh hit in the memory tier, answered before aiohttp's router and middleware
+        and without a response object (ProxyRequestHandler writes the bytes), or None: the
+        whole path, which would give the same answer, header for header. Anything unusual
+        (a body, an Expect, a refusal to shape, a credential) takes the whole path."""
+        method = request.method
+        cached = self.cached
+        if (method != "GET" and method != "HEAD") or cached is None or self.draining:
+            return None
+        if request.body_exists or "Expect" in request.headers:
+            return None
+        log = RequestLog(method, self._clock.monotonic())
+        try:
+            target = admit(method, request.raw_path)
+            consumer, scope, place = self._identify(request, target, log)
+        except ProxyError:
+            return None  # refused on the whole path, which shapes and logs it
+        if not cachepolicy.is_cacheable_request(target, has_credential(request.headers.items())):
+            return None
+        log.route = target.route.template
+        answer = cached.quick_hit(target, consumer, scope, place, log, request)
+        if answer is not None:
+            self._completed(log, answer.status)
+        return answer
+
     def refused(self, status: int, reason: str) -> None:
         """A request the HTTP server answered itself, before a handler could run (a head
         aiohttp cannot parse, too large or too slow, one connection too many)."""
@@ -163,14 +188,9 @@ class Gateway:
             log.cache = CacheResult.NONE
             return web.Response(status=200, headers=PREFLIGHT)
         consumer, scope, place = self._identify(request, target, log)
-        headers = request.headers
-        credentialed = has_credential(headers.items())
+        credentialed = has_credential(request.headers.items())
         cached = self.cached
         if cached is not None and cachepolicy.is_cacheable_request(target, credentialed):
-            accept = headers.get("Accept-Encoding")
-            hit = cached.fresh_in_memory(target, accept, consumer, scope, place, log)
-            if hit is not None:
-                return hit
             req = await self._request(request, target, consumer, scope, place, credentialed)
             return await cached.serve(req, log)
         req = await self._request(request, target, consumer, scope, place, credentialed)
@@ -178,7 +198,7 @@ class Gateway:
         return await self.direct.serve(req, log)
 
     def _identify(
-        self, request: web.Request, target: Target, log: RequestLog
+        self, request: web.BaseRequest, target: Target, log: RequestLog
     ) -> tuple[Consumer, ScopeScheduler, Place]:
         """Who asks, which scope it would spend, and where it would wait."""
         if header_bytes(request.raw_headers) > self.settings.server.max_header_bytes:

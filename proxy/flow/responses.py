@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from proxy.budget.forward import Place
@@ -88,6 +92,51 @@ def passthrough(
 _NO_BODY = frozenset({204, 304})
 _RECENT_SECONDS = 0.005
 _RECENT_LIMIT = 10_000
+_VERSIONS = {HttpVersion11: b"HTTP/1.1", HttpVersion10: b"HTTP/1.0"}
+_CONNECTION = {  # by (keep-alive, HTTP/1.1): what aiohttp adds to an answer
+    (True, True): b"",
+    (True, False): b"Connection: keep-alive\r\n",
+    (False, True): b"Connection: close\r\n",
+    (False, False): b"",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RawAnswer:
+    """A whole HTTP/1.x answer as bytes, which ProxyRequestHandler writes to the connection
+    as they are: the quick path's answer to a fresh hit (see Gateway.quick). It carries what
+    aiohttp reads of a response after writing it."""
+
+    status: int
+    head: bytes
+    body: bytes  # b"" for HEAD
+    keep_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EntryBlock:
+    """The parts of a cached answer's head that stay the same for as long as its entry is
+    in the memory tier, rendered once: the status phrase, the stored headers, Via and
+    Content-Length."""
+
+    phrase: bytes
+    stored: bytes
+    tail: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _RateSnapshot:
+    until: float  # monotonic
+    headers: dict[str, str]
+    block: bytes
+
+
+def _header_lines(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes | None:
+    """Headers as aiohttp writes them (UTF-8), or None if one could split the answer."""
+    text = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    if "\r" in text.replace("\r\n", "") or "\n" in text.replace("\r\n", ""):
+        return None
+    return text.encode("utf-8")
 
 
 class Responder:
@@ -100,25 +149,28 @@ class Responder:
         self._clock = clock
         # Per consumer and scope, the rate headers of the last few milliseconds: cache hits
         # spend nothing, so the many hits of one bot in a burst share one computation.
-        self._recent: dict[tuple[str, str, float, float], tuple[float, dict[str, str]]] = {}
+        self._recent: dict[tuple[str, str, float, float], _RateSnapshot] = {}
+        self._date: tuple[int, bytes] = (-1, b"")
+        self._via_line = f"Via: {via}\r\n"
 
     def rate_headers(self, req: Request) -> dict[str, str]:
-        return self.rate_headers_for(req.scope, req.consumer, req.place)
+        return self._rate_snapshot(req.scope, req.consumer, req.place).headers
 
-    def rate_headers_for(
+    def _rate_snapshot(
         self, scope: ScopeScheduler, consumer: Consumer, place: Place
-    ) -> dict[str, str]:
+    ) -> _RateSnapshot:
         key = (scope.spec.name, place.consumer, place.weight, place.max_wait)
         now = self._clock.monotonic()
         recent = self._recent.get(key)
-        if recent is not None and recent[0] > now:
-            return recent[1]
+        if recent is not None and recent.until > now:
+            return recent
         view = scope.view(place.consumer, place.weight, place.max_wait)
         headers = rate_headers(self._quotas.view(consumer, view))
+        block = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
         if len(self._recent) >= _RECENT_LIMIT:
             self._recent.clear()
-        self._recent[key] = (now + _RECENT_SECONDS, headers)
-        return headers
+        snapshot = self._recent[key] = _RateSnapshot(now + _RECENT_SECONDS, headers, block)
+        return snapshot
 
     def forget_rate_headers(self) -> None:
         """A request was granted or refused a slot: the next answer computes afresh."""
@@ -143,22 +195,72 @@ class Responder:
         return passthrough(upstream.status, headers, upstream.body, extra, head_length)
 
     def entry(self, req: Request, entry: Entry, cache: CacheResult) -> web.Response:
-        return self.entry_for(req.scope, req.consumer, req.place, entry, cache)
+        """An answer from the cache: the stored headers hold none of the proxy's own (they
+        are dropped when stored), so the proxy's are added, not replaced."""
+        out = CIMultiDict(entry.headers)
+        out.extend(self.rate_headers(req))
+        out.add("X-Cache", cache)
+        out.add("Age", self._age(entry))
+        out.add("Via", self._via)
+        body = entry.body if entry.status not in _NO_BODY else None
+        return web.Response(status=entry.status, body=body, headers=out)
 
-    def entry_for(
+    def _age(self, entry: Entry) -> str:
+        return str(max(0, int(self._clock.wall() - entry.stored_at)))
+
+    def entry_block(self, entry: Entry) -> EntryBlock | None:
+        """The fixed parts of `entry`'s answer as bytes; None if it must take the whole path
+        (no body by its status, a status without a phrase, a header that cannot be written)."""
+        if entry.status in _NO_BODY or entry.status < 200:
+            return None
+        if not any(name.lower() == "content-type" for name, _ in entry.headers):
+            return None  # aiohttp would add its default type
+        try:
+            phrase = HTTPStatus(entry.status).phrase
+        except ValueError:
+            return None
+        stored = _header_lines(entry.headers)
+        if stored is None:
+            return None
+        tail = f"{self._via_line}Content-Length: {len(entry.body)}\r\n".encode()
+        return EntryBlock(f" {entry.status} {phrase}\r\n".encode(), stored, tail)
+
+    def raw_hit(
         self,
         scope: ScopeScheduler,
         consumer: Consumer,
         place: Place,
         entry: Entry,
-        cache: CacheResult,
-    ) -> web.Response:
-        """An answer from the cache: the stored headers hold none of the proxy's own (they
-        are dropped when stored), so the proxy's are added, not replaced."""
-        out = CIMultiDict(entry.headers)
-        out.extend(self.rate_headers_for(scope, consumer, place))
-        out.add("X-Cache", cache)
-        out.add("Age", str(max(0, int(self._clock.wall() - entry.stored_at))))
-        out.add("Via", self._via)
-        body = entry.body if entry.status not in _NO_BODY else None
-        return web.Response(status=entry.status, body=body, headers=out)
+        block: EntryBlock,
+        request: web.BaseRequest,
+    ) -> RawAnswer:
+        """The answer `entry` would get from `entry()` as a fresh hit, header for header
+        (aiohttp's Date, Server and Connection included), from its pre-rendered block."""
+        version: HttpVersion = request.version
+        keep_alive = request.keep_alive
+        rate = self._rate_snapshot(scope, consumer, place).block
+        head = b"".join(
+            (
+                _VERSIONS.get(version) or f"HTTP/{version[0]}.{version[1]}".encode(),
+                block.phrase,
+                block.stored,
+                rate,
+                b"X-Cache: HIT\r\nAge: ",
+                self._age(entry).encode(),
+                b"\r\n",
+                block.tail,
+                self._date_lines(),
+                _CONNECTION[keep_alive, version == HttpVersion11],
+                b"\r\n",
+            )
+        )
+        body = b"" if request.method == "HEAD" else entry.body
+        return RawAnswer(entry.status, head, body, keep_alive)
+
+    def _date_lines(self) -> bytes:
+        """Date (from the one clock, rendered once a second) and Server, as aiohttp adds."""
+        now = int(self._clock.wall())
+        if self._date[0] != now:
+            date = formatdate(now, usegmt=True)
+            self._date = (now, f"Date: {date}\r\nServer: {SERVER_SOFTWARE}\r\n".encode())
+        return self._date[1]

@@ -11,9 +11,9 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from playwright.async_api import expect
 
-from proxy.app import BOARD, create_app
+from proxy.app import BOARD
 from tests.browser.conftest import OpenPage, Watched
-from tests.conftest import MakeProxy, proxy_settings
+from tests.conftest import MakeProxy, ServeProxy, proxy_settings
 from tests.fakepk import PLURALKIT_SCOPES, FakePluralKit, pluralkit_scope
 
 PLURALKIT = {"profile": "pluralkit"}
@@ -154,12 +154,12 @@ async def test_with_keys_required_the_browser_gives_the_ops_key_as_a_password(
 
 
 async def test_a_restart_is_noticed_and_the_page_reconnects(
-    aiohttp_server: Any, upstream: TestServer, tmp_path: Any, open_page: OpenPage
+    serve_proxy: ServeProxy, upstream: TestServer, tmp_path: Any, open_page: OpenPage
 ) -> None:
     """When the proxy goes away the page says so; when a new process answers on the same
     address, it says that pkproxy restarted and goes on updating."""
     settings = proxy_settings(str(upstream.make_url("/")), tmp_path / "cache")
-    first: TestServer = await aiohttp_server(create_app(settings))
+    first = await serve_proxy(settings)
     port = first.port
     watched = await open_page(str(first.make_url("/status")))
     page = watched.page
@@ -168,15 +168,11 @@ async def test_a_restart_is_noticed_and_the_page_reconnects(
     await first.close()
     await expect(page.locator("#banners")).to_contain_text("Connection to pkproxy lost")
     await expect(page.locator("#conn")).to_contain_text("disconnected")
-    second = TestServer(create_app(settings), host="127.0.0.1", port=port)
-    await second.start_server()
-    try:
-        assert second.app[BOARD].start_id != old_id
-        await expect(page.locator("#banners")).to_contain_text("pkproxy restarted", timeout=8000)
-        await expect(page.locator("#banners")).not_to_contain_text("lost")
-        await expect(page.locator("#conn")).to_contain_text("live")
-    finally:
-        await second.close()
+    second = await serve_proxy(settings, port=port)
+    assert second.app[BOARD].start_id != old_id
+    await expect(page.locator("#banners")).to_contain_text("pkproxy restarted", timeout=8000)
+    await expect(page.locator("#banners")).not_to_contain_text("lost")
+    await expect(page.locator("#conn")).to_contain_text("live")
     # The polls that found nobody listening are the only failures.
     assert all("ERR_CONNECTION_REFUSED" in f for f in watched.failed), watched.failed
     assert all("ERR_CONNECTION_REFUSED" in e for e in watched.errors), watched.errors

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.clocks import SteppedWall
-from tests.conftest import MakeProxy
+from tests.conftest import MakeProxy, ServeProxy
 from tests.fakepk import FakePluralKit
 
 
@@ -329,12 +329,12 @@ async def test_stale_if_throttled_when_upstream_answers_429(
 async def test_a_store_never_answers_for_another_upstream(
     fake: FakePluralKit,
     make_proxy: MakeProxy,
+    serve_proxy: ServeProxy,
     http: aiohttp.ClientSession,
     aiohttp_server: Any,
     tmp_path: Any,
 ) -> None:
     """The same cache directory behind a different upstream origin starts empty for it."""
-    from proxy.app import create_app
     from tests.conftest import proxy_settings
 
     first = await make_proxy()
@@ -344,7 +344,7 @@ async def test_a_store_never_answers_for_another_upstream(
     other.members["abcde"]["name"] = "Other upstream"
     other_server = await aiohttp_server(other.app())
     settings = proxy_settings(str(other_server.make_url("/")), tmp_path / "cache")
-    second = await aiohttp_server(create_app(settings))
+    second = await serve_proxy(settings)
     _, headers, body = await get(http, second, "/v2/members/abcde")
     assert headers["X-Cache"] == "MISS" and b"Other upstream" in body
 

@@ -6,13 +6,14 @@ import asyncio
 import gzip
 import socket
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.conftest import MakeProxy
+from tests.conftest import MakeProxy, ServeProxy
 from tests.fakepk import FakePluralKit
 from tests.waits import arrivals_reach
 
@@ -179,10 +180,14 @@ async def test_bad_input_is_refused_without_reaching_upstream(
 async def test_unknown_method_is_refused_by_the_http_parser(
     fake: FakePluralKit, make_proxy: MakeProxy
 ) -> None:
-    """aiohttp's parser refuses methods it does not know with its own 400, before the proxy."""
+    """A method aiohttp's parser does not know is refused there, before the proxy's flow,
+    with a 405 in PluralKit's shape."""
+    import json
+
     proxy = await make_proxy()
-    status, _ = await raw_request(proxy.port, "BREW /v2/members/abcde HTTP/1.1")
-    assert status == 400
+    status, body = await raw_request(proxy.port, "BREW /v2/members/abcde HTTP/1.1")
+    assert status == 405
+    assert set(json.loads(body)) == {"message", "code"}
     assert fake.arrivals == []
 
 
@@ -241,14 +246,13 @@ def free_port() -> int:
 
 
 async def test_upstream_down_is_a_clear_502(
-    aiohttp_server: object, tmp_path: object, http: aiohttp.ClientSession
+    serve_proxy: ServeProxy, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     """Connection refused upstream: 502 in PluralKit's shape, saying what happened."""
-    from proxy.app import create_app
     from tests.conftest import proxy_settings
 
-    settings = proxy_settings(f"http://127.0.0.1:{free_port()}", tmp_path)  # type: ignore[arg-type]
-    proxy = await aiohttp_server(create_app(settings))  # type: ignore[operator]
+    settings = proxy_settings(f"http://127.0.0.1:{free_port()}", tmp_path)
+    proxy = await serve_proxy(settings)
     async with http.get(proxy.make_url("/v2/members/abcde")) as r:
         assert r.status == 502
         body = await r.json()
