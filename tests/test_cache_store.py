@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from proxy.cache.disk import DiskStore, tiered
 from proxy.cache.memory import MemoryTier
 from proxy.cache.store import CorruptEntry, Entry
@@ -41,6 +43,19 @@ def test_memory_tier_tag_eviction() -> None:
     assert len(tier) == 1 and tier.get("b") is not None
 
 
+def test_an_entry_that_could_split_an_answer_is_corrupt() -> None:
+    """Read back from disk or a shared Redis written by something else, an entry whose
+    header could split the answer (or whose status cannot be answered) is never served."""
+    for headers, status in (
+        ((("X-A", "x\r\nSet-Cookie: pwned=1"),), 200),
+        ((("Bad Name", "x"),), 200),
+        ((("Content-Type", "application/json"),), 1200),
+    ):
+        raw = Entry(status, headers, b"{}", 1_800_000_000.0, 60.0, "/t").to_bytes()
+        with pytest.raises(CorruptEntry):
+            Entry.from_bytes(raw)
+
+
 def test_what_is_derived_from_an_entry_goes_with_it_and_is_counted() -> None:
     """The rendered head kept beside an entry: dropped when the entry is replaced, evicted
     by tag or by the bound, or cleared; never kept for a key with no entry; its bytes count."""
@@ -59,10 +74,21 @@ def test_what_is_derived_from_an_entry_goes_with_it_and_is_counted() -> None:
     for n in range(20):  # the bound evicts the oldest, its rendering with it
         tier.set(f"k{n}", entry(n, 1000))
         tier.derive(f"k{n}", n, 200)
-        assert tier.bytes <= 10_000 + 200
+        assert tier.bytes <= 10_000
     assert tier.derived("k0") is None and tier.derived("k19") == 19
     tier.clear()
     assert tier.derived("k19") is None and tier.bytes == 0
+    for n in range(8):
+        tier.set(f"s{n}", entry(n, 1000))
+    before = tier.evictions
+    for n in range(8):  # renderings alone (a run of hits) stay within the bound too
+        tier.derive(f"s{n}", n, 500)
+        assert tier.bytes <= 10_000
+    assert tier.evictions > before and tier.derived("s7") == 7
+    big = MemoryTier(2000)
+    big.set("b", entry(1, 1500))
+    big.derive("b", "too big to keep beside it", 1000)
+    assert big.derived("b") is None and big.get("b") is not None
 
 
 def test_entry_round_trip_and_corruption() -> None:

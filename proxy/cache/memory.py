@@ -41,12 +41,16 @@ class MemoryTier:
         return self._derived.get(key)
 
     def derive(self, key: str, value: Any, size: int) -> None:
-        """Keep `value` (`size` bytes, counted in the bound from the next write on) beside
-        the entry at `key`, which must be there, until the entry goes."""
-        if key in self._entries and key not in self._derived:
-            self._derived[key] = value
-            self._derived_sizes[key] = size
-            self._bytes += size
+        """Keep `value` (`size` bytes, counted in the bound) beside the entry at `key`, which
+        must be there, until the entry goes; older entries make room for it."""
+        entry = self._entries.get(key)
+        if entry is None or key in self._derived or entry.size + size > self._limit:
+            return
+        self._entries.move_to_end(key)
+        self._derived[key] = value
+        self._derived_sizes[key] = size
+        self._bytes += size
+        self._evict_beyond_bound(keep=key)
 
     def set(self, key: str, entry: Entry) -> None:
         self.delete(key)
@@ -55,8 +59,13 @@ class MemoryTier:
         self._entries[key] = entry
         self._tags.setdefault(entry.tag, set()).add(key)
         self._bytes += entry.size
+        self._evict_beyond_bound(keep=key)
+
+    def _evict_beyond_bound(self, keep: str) -> None:
         while self._bytes > self._limit:
             oldest = next(iter(self._entries))
+            if oldest == keep:  # alone, and within the bound by itself
+                return
             self.delete(oldest)
             self.evictions += 1
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.core.headers import writable
 from proxy.ops.logs import get_logger
 
 _log = get_logger()
@@ -51,6 +52,8 @@ class Entry:
         try:
             meta = json.loads(rest[:meta_len])
             headers = tuple((str(k), str(v)) for k, v in meta["h"])
+            if not all(writable(k, v) for k, v in headers) or not 100 <= int(meta["s"]) <= 599:
+                raise CorruptEntry("a header or status that cannot be answered")
             return cls(
                 int(meta["s"]),
                 headers,

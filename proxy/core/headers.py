@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -45,6 +46,14 @@ RATE_HEADERS = frozenset(
 )
 
 Headers = Iterable[tuple[str, str]]
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_IN_VALUE = re.compile(r"[\r\n\x00]")
+
+
+def writable(name: str, value: str) -> bool:
+    """Whether a header can be written as it is: a token name (RFC 9110 section 5.1) and a
+    value without CR, LF or NUL, which could split the answer."""
+    return _TOKEN.fullmatch(name) is not None and _UNSAFE_IN_VALUE.search(value) is None
 
 
 @dataclass(frozen=True, slots=True)

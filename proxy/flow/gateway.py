@@ -133,7 +133,10 @@ class Gateway:
         cached = self.cached
         if (method != "GET" and method != "HEAD") or cached is None or self.draining:
             return None
-        if request.body_exists or "Expect" in request.headers:
+        headers = request.headers
+        if request.body_exists or "Expect" in headers or "Upgrade" in headers:
+            # An upgrade puts aiohttp's parser in a mode that only its own finish_response
+            # takes it out of when the upgrade is declined, as the proxy declines them all.
             return None
         log = RequestLog(method, self._clock.monotonic())
         try:

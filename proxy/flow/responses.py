@@ -18,7 +18,7 @@ from proxy.cache.store import Entry
 from proxy.clock import Clock, wall_ms_in
 from proxy.core.cachepolicy import CacheResult
 from proxy.core.errors import ProxyError, Throttled
-from proxy.core.headers import response_headers
+from proxy.core.headers import response_headers, writable
 from proxy.core.ratesignal import read_signal, retry_after_header
 from proxy.flow.consumers import Consumer
 from proxy.flow.request import Request
@@ -92,6 +92,11 @@ def passthrough(
 _NO_BODY = frozenset({204, 304})
 _RECENT_SECONDS = 0.005
 _RECENT_LIMIT = 10_000
+# Never among stored headers (dropped when stored); an entry that has one anyway (a shared
+# store written by something else) takes the whole path, where aiohttp keeps it.
+_WRITTEN_BY_SERVER = frozenset(
+    {"content-length", "date", "server", "connection", "transfer-encoding", "keep-alive"}
+)
 _VERSIONS = {HttpVersion11: b"HTTP/1.1", HttpVersion10: b"HTTP/1.0"}
 _CONNECTION = {  # by (keep-alive, HTTP/1.1): what aiohttp adds to an answer
     (True, True): b"",
@@ -131,12 +136,14 @@ class _RateSnapshot:
     block: bytes
 
 
-def _header_lines(headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> bytes | None:
-    """Headers as aiohttp writes them (UTF-8), or None if one could split the answer."""
-    text = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    if "\r" in text.replace("\r\n", "") or "\n" in text.replace("\r\n", ""):
-        return None
-    return text.encode("utf-8")
+def _header_lines(headers: tuple[tuple[str, str], ...]) -> bytes | None:
+    """Stored headers as aiohttp writes them (UTF-8); None if one is not a token name and a
+    value free of CR, LF and NUL (it could split the answer: aiohttp refuses to write it),
+    or is one that aiohttp writes itself."""
+    for name, value in headers:
+        if not writable(name, value) or name.lower() in _WRITTEN_BY_SERVER:
+            return None
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("utf-8")
 
 
 class Responder:
@@ -210,8 +217,9 @@ class Responder:
 
     def entry_block(self, entry: Entry) -> EntryBlock | None:
         """The fixed parts of `entry`'s answer as bytes; None if it must take the whole path
-        (no body by its status, a status without a phrase, a header that cannot be written)."""
-        if entry.status in _NO_BODY or entry.status < 200:
+        (no body, by its status or stored; a status without a phrase; no Content-Type, which
+        aiohttp would add; a header that cannot be written as it is)."""
+        if entry.status in _NO_BODY or entry.status < 200 or not entry.body:
             return None
         if not any(name.lower() == "content-type" for name, _ in entry.headers):
             return None  # aiohttp would add its default type

@@ -10,6 +10,7 @@ from proxy.core.headers import (
     has_credential,
     parse_control,
     response_headers,
+    writable,
 )
 
 
@@ -85,3 +86,23 @@ def test_parse_control_rejects_garbage() -> None:
         parse_control({"X-PKProxy-Max-Wait": "-1"})
     with pytest.raises(ValueError):
         parse_control({"X-PKProxy-Priority": "urgent"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("Content-Type", "application/json; charset=utf-8", True),
+        ("X-Odd", "caf\u00e9 \t tabs", True),
+        ("X-A", "x\r\nSet-Cookie: pwned=1", False),
+        ("X-A", "x\nSet-Cookie: pwned=1", False),
+        ("X-A", "x\rY", False),
+        ("X-A", "nul\x00", False),
+        ("Bad Name", "x", False),
+        ("X-A:", "x", False),
+        ("", "x", False),
+        ("X-A\r\nSet-Cookie", "x", False),
+    ],
+)
+def test_writable_headers_cannot_split_an_answer(name: str, value: str, expected: bool) -> None:
+    """A stored header is written as it is only with a token name and no CR, LF or NUL."""
+    assert writable(name, value) is expected

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,14 @@ import pytest
 from aiohttp.test_utils import TestServer, make_mocked_request
 
 from proxy.app import GATEWAY, METRICS, create_app
+from proxy.cache.memory import MemoryFront
+from proxy.cache.store import Entry
+from proxy.core import cachepolicy
 from proxy.flow.responses import RawAnswer
 from tests.clocks import SteppedWall
 from tests.conftest import MakeProxy, ServeProxy, proxy_settings
 from tests.fakepk import FakePluralKit
-from tests.served import GUARD_SECONDS, ProxyTestServer, parse_answers, read_all, request
+from tests.served import GUARD_SECONDS, ProxyTestServer, exchange, parse_answers, read_all, request
 
 MEMBER = "/v2/members/abcde"
 IDENTITY = {"Accept-Encoding": "identity"}  # the class of a request that names none
@@ -227,3 +231,50 @@ async def test_a_client_that_does_not_read_holds_back_the_answers(
         await reader.readexactly(one)
         answered += 1
     writer.close()
+
+
+async def test_an_upgrade_request_is_left_to_the_whole_path(make_proxy: MakeProxy) -> None:
+    """An `Upgrade` puts aiohttp's parser in a mode that only its own answer takes it out
+    of: a hit asked with one is answered the whole way, and the request pipelined behind
+    it is still read and answered (it was never parsed, and timed out as a 408, when the
+    quick path answered the first)."""
+    proxy = await make_proxy()
+    first = await exchange(proxy.port, request("GET", MEMBER, "Connection: close"))
+    assert first[0].headers["x-cache"] == "MISS"
+    answers = await exchange(
+        proxy.port,
+        request("GET", MEMBER, "Connection: Upgrade", "Upgrade: websocket")
+        + request("GET", MEMBER, "Connection: close"),
+    )
+    assert [(a.status, a.headers["x-cache"]) for a in answers] == [(200, "HIT"), (200, "HIT")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        pytest.param((("Content-Type", "text/plain"), ("Content-Length", "1")), b"x", id="length"),
+        pytest.param((("Content-Type", "text/plain"), ("Server", "other")), b"x", id="server"),
+        pytest.param((("Content-Type", "text/plain"),), b"", id="empty-body"),
+        pytest.param((("Content-Length", "1"),), b"x", id="no-type"),
+        pytest.param(
+            (("Content-Type", "text/plain"), ("X-A", "x\r\nSet-Cookie: pwned=1")),
+            b"x",
+            id="split",
+        ),
+    ],
+)
+async def test_an_entry_the_quick_path_cannot_render_as_is_takes_the_whole_path(
+    make_proxy: MakeProxy, headers: tuple[tuple[str, str], ...], body: bytes
+) -> None:
+    """Entries `_store` never writes (headers aiohttp writes itself, no body, no type, a
+    header that could split the answer), as a shared store written by something else
+    could hold: never rendered by the quick path."""
+    proxy = await make_proxy()
+    gateway = proxy.app[GATEWAY]
+    cache = gateway.parts.cache
+    assert isinstance(cache, MemoryFront)
+    origin = str(gateway.settings.upstream.url)
+    key = cachepolicy.cache_key(origin, MEMBER, "identity")
+    cache.memory.set(key, Entry(200, headers, body, time.time(), 60.0, origin + MEMBER))
+    assert gateway.quick(make_mocked_request("GET", MEMBER, app=proxy.app)) is None
+    assert cache.memory.derived(key) is None
