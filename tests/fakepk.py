@@ -336,7 +336,7 @@ class FakePluralKit:
         if parts[:1] == ["members"] and len(parts) >= 2:
             return self._members(method, parts, owner, body)
         if parts[:1] == ["groups"] and len(parts) >= 2:
-            return self._groups(method, parts, owner)
+            return self._groups(method, parts, owner, body)
         if parts[:1] == ["messages"] and len(parts) == 2:
             message = self.messages.get(parts[1])
             return _json(message) if message else _error(404, "Message not found.", 20006)
@@ -416,10 +416,16 @@ class FakePluralKit:
             return _json([g for g in self.groups.values() if member["id"] in g["members"]])
         return _error(404, "Not found.", 0)
 
-    def _groups(self, method: str, parts: list[str], owner: str | None) -> web.Response:
+    def _groups(
+        self, method: str, parts: list[str], owner: str | None, body: bytes
+    ) -> web.Response:
         group = self.groups.get(_fold(parts[1]))
         if group is None:
             return _error(404, "Group not found.", 20003)
+        if not parts[2:] and method == "PATCH":
+            if owner != group["system"]:
+                return _error(401, "Unauthorized", 0)
+            group.update(json.loads(body or b"{}"))
         if parts[2:] == ["members"]:
             return _json(
                 [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,8 +45,21 @@ def cache_key(origin: str, path_and_query: str, encoding: str) -> str:
     return f"GET {origin}{path_and_query} {encoding}"
 
 
+# The lists that link members and groups. A member written (renamed, deleted) is wrong in
+# every group's member list it is in, and which groups those are is known only from bodies
+# that may not be cached; the same goes for a group in members' group lists. So all the
+# lists of each of these two routes share one tag, which any write to the other kind
+# evicts: more misses after such a write, never a stale list.
+GROUP_MEMBER_LISTS = "/v2/groups/*/members"
+MEMBER_GROUP_LISTS = "/v2/members/*/groups"
+_LINK_LISTS = re.compile(r"/v2/(?:groups/[^/]+/members|members/[^/]+/groups)")
+
+
 def cache_tag(origin: str, path: str) -> str:
-    """Every query of one path shares a tag, so that a write evicts them all."""
+    """Every query of one path shares a tag, so that a write evicts them all; every list of
+    members of a group, and every list of groups of a member, shares one (above)."""
+    if _LINK_LISTS.fullmatch(path):
+        path = GROUP_MEMBER_LISTS if path.startswith("/v2/groups/") else MEMBER_GROUP_LISTS
     return f"{origin}{path}"
 
 

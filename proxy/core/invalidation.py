@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from proxy.core.cachepolicy import GROUP_MEMBER_LISTS, MEMBER_GROUP_LISTS
 from proxy.core.routes import Route, fold_ref
 
 # Reads an anonymous cached JSON body by path, or None: the ids in cached bodies are
@@ -99,6 +100,8 @@ def paths_to_evict(
         members = ({ref} if ref else set()) | _ids(response_json)
         member_paths, member_systems = _linked_paths("members", members, known)
         paths |= member_paths
+        if ref:  # an existing member: which groups list it is not always known
+            paths.add(GROUP_MEMBER_LISTS)
         systems |= member_systems
         if route.param("action"):
             groups = _refs(request_json)
@@ -107,6 +110,8 @@ def paths_to_evict(
         groups = ({ref} if ref else set()) | _ids(response_json)
         group_paths, group_systems = _linked_paths("groups", groups, known)
         paths |= group_paths
+        if ref:  # an existing group: which members list it is not always known
+            paths.add(MEMBER_GROUP_LISTS)
         systems |= group_systems
         if route.param("action"):
             paths |= {f"/v2/members/{m}/groups" for m in _refs(request_json)}

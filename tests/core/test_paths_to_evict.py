@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from proxy.core.cachepolicy import GROUP_MEMBER_LISTS, MEMBER_GROUP_LISTS, cache_tag
 from proxy.core.invalidation import paths_to_evict, system_paths
 from proxy.core.routes import match_route
 
@@ -182,7 +183,8 @@ def test_switch_write_through_me_evicts_that_switch_of_the_resolved_system() -> 
     assert f"/v2/systems/exmpl/switches/{SWITCH}" in evicted
 
 
-MEMBER_OWN = {"/v2/members/abcde", "/v2/members/abcde/groups"}
+# An existing member's write evicts every group's member list (one tag: see cache_tag).
+MEMBER_OWN = {"/v2/members/abcde", "/v2/members/abcde/groups", GROUP_MEMBER_LISTS}
 MEMBER_UUID_OWN = {f"/v2/members/{MEMBER_UUID}", f"/v2/members/{MEMBER_UUID}/groups"}
 
 
@@ -217,7 +219,8 @@ MEMBER_UUID_OWN = {f"/v2/members/{MEMBER_UUID}", f"/v2/members/{MEMBER_UUID}/gro
             "/v2/members/prvmb",
             None,
             CACHED,
-            {"/v2/members/prvmb", "/v2/members/prvmb/groups"} | every_path_of("exmpl", SYS_UUID),
+            {"/v2/members/prvmb", "/v2/members/prvmb/groups", GROUP_MEMBER_LISTS}
+            | every_path_of("exmpl", SYS_UUID),
             id="delete-found-through-cached-member",
         ),
         pytest.param(
@@ -259,7 +262,7 @@ def test_member_group_action_with_garbled_body_evicts_only_the_member() -> None:
     assert evict("/v2/members/abcde/groups/add", {"groups": ["grpaa"]}) == MEMBER_OWN
 
 
-GROUP_OWN = {"/v2/groups/grpaa", "/v2/groups/grpaa/members"}
+GROUP_OWN = {"/v2/groups/grpaa", "/v2/groups/grpaa/members", MEMBER_GROUP_LISTS}
 
 
 @pytest.mark.parametrize(
@@ -330,3 +333,24 @@ def test_write_to_a_route_of_no_kind_evicts_only_the_system_its_answer_names() -
     """A write outside systems, members and groups evicts only a system its answer names."""
     assert evict("/v2/messages/123", None, {"system": "exmpl"}) == every_path_of("exmpl")
     assert evict("/v2/messages/123", None, {"id": "x"}) == set()
+
+
+@pytest.mark.parametrize(
+    ("path", "tagged_as"),
+    [
+        ("/v2/groups/grpaa/members", GROUP_MEMBER_LISTS),
+        ("/v2/groups/grpbb/members", GROUP_MEMBER_LISTS),
+        (GROUP_MEMBER_LISTS, GROUP_MEMBER_LISTS),
+        ("/v2/members/abcde/groups", MEMBER_GROUP_LISTS),
+        ("/v2/groups/grpaa", "/v2/groups/grpaa"),
+        ("/v2/members/abcde", "/v2/members/abcde"),
+        ("/v2/systems/exmpl/members", "/v2/systems/exmpl/members"),
+        ("/v2/groups/grpaa/members/add", "/v2/groups/grpaa/members/add"),
+    ],
+)
+def test_the_lists_linking_members_and_groups_share_one_tag_per_route(
+    path: str, tagged_as: str
+) -> None:
+    """Every group's member list is evicted by one tag, every member's group list by one:
+    a write to the other kind evicts them all, whichever are cached."""
+    assert cache_tag("https://api.pluralkit.me", path) == f"https://api.pluralkit.me{tagged_as}"

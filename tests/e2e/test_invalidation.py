@@ -48,6 +48,25 @@ def fast_fake(fake: FakePluralKit) -> FakePluralKit:
     return fake
 
 
+async def test_a_member_renamed_is_not_stale_in_a_group_list_the_proxy_cannot_link(
+    fast_fake: FakePluralKit, proxy: TestServer, http: aiohttp.ClientSession
+) -> None:
+    """Only the group's member list is cached (not the member, nor its groups): the proxy
+    cannot tell that the member is in that group, so a write to any member evicts every
+    group's member list, and the next GET of the list has the new name. A group written
+    does the same to every member's group list."""
+    await warm(http, proxy, ["/v2/groups/grpaa/members"])
+    assert await write(http, proxy, "PATCH", "/v2/members/abcde", {"name": "Alicia"}) == 200
+    async with http.get(proxy.make_url("/v2/groups/grpaa/members")) as r:
+        names = {m["id"]: m["name"] for m in await r.json()}
+        assert r.headers["X-Cache"] == "MISS" and names["abcde"] == "Alicia"
+    await warm(http, proxy, ["/v2/members/abcde/groups"])
+    assert await write(http, proxy, "PATCH", "/v2/groups/grpaa", {"name": "Renamed"}) == 200
+    async with http.get(proxy.make_url("/v2/members/abcde/groups")) as r:
+        assert r.headers["X-Cache"] == "MISS"
+        assert [g["name"] for g in await r.json() if g["id"] == "grpaa"] == ["Renamed"]
+
+
 async def test_member_write_evicts_member_its_lists_and_groups(
     fast_fake: FakePluralKit, proxy: TestServer, http: aiohttp.ClientSession
 ) -> None:
