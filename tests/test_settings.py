@@ -156,3 +156,17 @@ def test_the_default_cache_directory_is_one_per_port(
     assert on_9000.cache.directory == str(tmp_path / "pkproxy" / "9000")
     chosen = load_settings(env={"PKPROXY_PORT": "9000", "PKPROXY_CACHE_DIR": "/srv/c"})
     assert chosen.cache.directory == "/srv/c"
+
+
+def test_the_body_budget_must_hold_at_least_one_largest_body() -> None:
+    """A budget smaller than one allowed body would refuse the largest writes for ever."""
+    with pytest.raises(ConfigError) as error:
+        load_settings(
+            env={"PKPROXY_SERVER_MAX_BODY_BYTES": "4096"},
+            overrides={"server": {"max_buffered_body_bytes": 1024}},
+        )
+    assert error.value.problems == [
+        "server.max_buffered_body_bytes must be >= server.max_body_bytes"
+    ]
+    settings = load_settings(env={"PKPROXY_SERVER_MAX_BUFFERED_BODY_BYTES": "2097152"})
+    assert settings.server.max_buffered_body_bytes == 2097152

@@ -23,6 +23,7 @@ from proxy.core.errors import (
     Draining,
     HeadersTooLarge,
     Internal,
+    Overloaded,
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
@@ -75,6 +76,7 @@ class Gateway:
         self._clock = parts.clock
         self._metrics = parts.metrics
         self._log = get_logger()
+        self.bodies = BodyBudget(parts.settings.server.max_buffered_body_bytes)
         self._log_policy = RequestLogPolicy(
             parts.settings.log.requests, parts.settings.log.sample_every
         )
@@ -107,7 +109,7 @@ class Gateway:
             elif isinstance(error, Unauthorized):
                 log.consumer = request.remote or "-"  # who tried: the peer, never the key
             response = error_response(error, self.settings.upstream.via)
-            if isinstance(error, (RequestTimeout, PayloadTooLarge)):
+            if isinstance(error, (RequestTimeout, PayloadTooLarge, Overloaded)):
                 response.force_close()  # the rest of the body is not read: nothing can follow
             log.cache = log.cache or CacheResult.NONE
         except asyncio.CancelledError:
@@ -192,13 +194,15 @@ class Gateway:
             return web.Response(status=200, headers=PREFLIGHT)
         consumer, scope, place = self._identify(request, target, log)
         credentialed = has_credential(request.headers.items())
-        cached = self.cached
-        if cached is not None and cachepolicy.is_cacheable_request(target, credentialed):
-            req = await self._request(request, target, consumer, scope, place, credentialed)
-            return await cached.serve(req, log)
         req = await self._request(request, target, consumer, scope, place, credentialed)
-        log.cache = CacheResult.BYPASS
-        return await self.direct.serve(req, log)
+        try:
+            cached = self.cached
+            if cached is not None and cachepolicy.is_cacheable_request(target, credentialed):
+                return await cached.serve(req, log)
+            log.cache = CacheResult.BYPASS
+            return await self.direct.serve(req, log)
+        finally:
+            self.bodies.give(len(req.body))  # its answer is made: the body is not needed
 
     def _identify(
         self, request: web.BaseRequest, target: Target, log: RequestLog
@@ -237,7 +241,9 @@ class Gateway:
         server = self.settings.server
         body = b""  # most requests (GETs) have none: nothing to read or wait for
         if request.body_exists or request.content_length:
-            body = await _read_body(request, server.max_body_bytes, server.body_timeout_seconds)
+            body = await _read_body(
+                request, server.max_body_bytes, server.body_timeout_seconds, self.bodies
+            )
         headers = request.headers
         return Request(
             target,
@@ -252,11 +258,37 @@ class Gateway:
         )
 
 
-async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+class BodyBudget:
+    """The bytes of request bodies held at once, all connections together: a body is taken
+    from it before it is read (or as it arrives, when its length is not announced) and given
+    back once its request is answered. Past `server.max_buffered_body_bytes`, 503."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise Overloaded(
+                "503: pkproxy holds too many request bodies; retry shortly", "bodies_full"
+            )
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+async def _read_body(request: web.Request, limit: int, timeout: float, bodies: BodyBudget) -> bytes:
     """Read at most `limit` bytes within `timeout` seconds; a larger body is refused without
-    being buffered whole, a slower one with 408, a malformed one (bad chunking) with 400."""
-    if request.content_length is not None and request.content_length > limit:
+    being buffered whole, a slower one with 408, a malformed one (bad chunking) with 400,
+    one that would take the body budget past its bound with 503, before it is read."""
+    announced = request.content_length
+    if announced is not None and announced > limit:
         raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
+    held = announced or 0
+    bodies.take(held)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -265,11 +297,19 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
+                if announced is None:
+                    bodies.take(len(chunk))
+                    held += len(chunk)
                 chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"408: request body not received within {timeout:g} s", "body_timeout"
-        ) from None
-    except RequestPayloadError as exc:
-        raise BadRequest("400: malformed request body", f"bad_body: {exc}") from None
-    return b"".join(chunks)
+    except BaseException as exc:
+        bodies.give(held)
+        if isinstance(exc, TimeoutError):
+            raise RequestTimeout(
+                f"408: request body not received within {timeout:g} s", "body_timeout"
+            ) from None
+        if isinstance(exc, RequestPayloadError):
+            raise BadRequest("400: malformed request body", f"bad_body: {exc}") from None
+        raise
+    body = b"".join(chunks)
+    bodies.give(held - len(body))  # 0: aiohttp reads exactly the announced length
+    return body

@@ -42,6 +42,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "host": "127.0.0.1",
         "port": 8080,
         "max_body_bytes": 1_048_576,
+        # Request bodies held at once, all connections together (README: Limits).
+        "max_buffered_body_bytes": 64 * 1_048_576,
         "max_header_bytes": 16_384,
         "keepalive_seconds": 75.0,
         "header_timeout_seconds": 30.0,
@@ -116,6 +118,7 @@ class ServerSettings:
     host: str
     port: int
     max_body_bytes: int
+    max_buffered_body_bytes: int  # of all the request bodies held at once
     max_header_bytes: int
     keepalive_seconds: float
     header_timeout_seconds: float  # from a request's first byte to the end of its head

@@ -127,10 +127,15 @@ def _build_server(raw: Mapping[str, Any], c: _Checker) -> ServerSettings:
     port = c.number(raw, "server", "port", 0, integer=True)
     if isinstance(port, int) and port > 65535:
         c.problems.append("server.port must be <= 65535")
+    max_body = c.number(raw, "server", "max_body_bytes", 0, integer=True)
+    max_buffered = c.number(raw, "server", "max_buffered_body_bytes", 0, integer=True)
+    if isinstance(max_body, int) and isinstance(max_buffered, int) and max_buffered < max_body:
+        c.problems.append("server.max_buffered_body_bytes must be >= server.max_body_bytes")
     return ServerSettings(
         host=c.text(raw, "server", "host"),
         port=port,
-        max_body_bytes=c.number(raw, "server", "max_body_bytes", 0, integer=True),
+        max_body_bytes=max_body,
+        max_buffered_body_bytes=max_buffered,
         max_header_bytes=c.number(raw, "server", "max_header_bytes", 1024, integer=True),
         keepalive_seconds=c.number(raw, "server", "keepalive_seconds", 0),
         header_timeout_seconds=c.number(raw, "server", "header_timeout_seconds", 0, strict=True),

@@ -223,6 +223,48 @@ async def test_oversized_body_is_refused_with_413_unread(
     assert fake.arrivals == []
 
 
+async def test_bodies_held_at_once_are_bounded(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """Past server.max_buffered_body_bytes (all connections together), a write is refused
+    with a PluralKit-shaped 503 before its body is read, announced or streamed; the bytes
+    come back as requests are answered, and nothing refused goes upstream."""
+    from proxy.app import GATEWAY
+
+    proxy = await make_proxy(
+        server={"max_body_bytes": 1024, "max_buffered_body_bytes": 2048},
+        budget={"scopes": [{"name": "all", "rate": 50}]},
+    )
+    fake.scopes = {"generic": 1000.0}
+    fake.delay = 0.5  # the first two writes are held while upstream answers
+    owner = {"Authorization": "token-exmpl"}
+    url = proxy.make_url("/v2/members/abcde")
+
+    async def patch(data: object) -> tuple[int, dict[str, object]]:
+        async with http.patch(url, data=data, headers=owner) as r:
+            return r.status, await r.json()
+
+    held = [asyncio.create_task(patch(b'{"name": "' + b"x" * 990 + b'"}')) for _ in range(2)]
+    gateway = proxy.app[GATEWAY]
+    while gateway.bodies.held < 2000:
+        await asyncio.sleep(0.01)
+    status, body = await patch(b'{"name": "' + b"y" * 990 + b'"}')
+    assert (status, body["code"]) == (503, 0) and "request bodies" in str(body["message"])
+
+    async def stream():  # no Content-Length: taken from the budget as it arrives
+        for _ in range(4):
+            yield b" " * 200
+
+    status, _ = await patch(stream())
+    assert status == 503
+    assert [s for s, _ in await asyncio.gather(*held)] == [200, 200]
+    assert gateway.bodies.held == 0
+    assert len(fake.arrivals) == 2
+    fake.delay = 0.0
+    assert (await patch(b'{"name": "z"}'))[0] == 200
+    assert gateway.bodies.held == 0
+
+
 async def test_oversized_headers_are_refused(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:

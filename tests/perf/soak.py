@@ -354,6 +354,8 @@ QUEUED = 10_000
 QUEUE_ENV = {
     "PKPROXY_BUDGET_PROFILE": "seed",  # 2/s: the queue drains by 2 a second only
     "PKPROXY_SERVER_MAX_CONNECTIONS": str(QUEUED + 500),
+    # Every body held at once (10,000 x 16 KiB), to measure what one costs:
+    "PKPROXY_SERVER_MAX_BUFFERED_BODY_BYTES": str(QUEUED * 32 * 1024),
     "PKPROXY_BUDGET_MAX_QUEUE": str(QUEUED * 2),
     "PKPROXY_BUDGET_DEFAULT_MAX_WAIT_MS": str(QUEUED * 1000),
     "PKPROXY_BUDGET_MAX_WAIT_CEILING_MS": str(QUEUED * 1000),
