@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import Gauge
 
 from proxy.budget.forward import Forwarder, Place
 from proxy.budget.quotas import Quotas
@@ -76,7 +77,9 @@ class Gateway:
         self._clock = parts.clock
         self._metrics = parts.metrics
         self._log = get_logger()
-        self.bodies = BodyBudget(parts.settings.server.max_buffered_body_bytes)
+        self.bodies = BodyBudget(
+            parts.settings.server.max_buffered_body_bytes, parts.metrics.request_bodies_held
+        )
         self._log_policy = RequestLogPolicy(
             parts.settings.log.requests, parts.settings.log.sample_every
         )
@@ -263,11 +266,12 @@ class BodyBudget:
     from it before it is read (or as it arrives, when its length is not announced) and given
     back once its request is answered. Past `server.max_buffered_body_bytes`, 503."""
 
-    __slots__ = ("held", "limit")
+    __slots__ = ("_gauge", "held", "limit")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge: Gauge) -> None:
         self.limit = limit
         self.held = 0
+        self._gauge = gauge
 
     def take(self, size: int) -> None:
         if self.held + size > self.limit:
@@ -275,9 +279,11 @@ class BodyBudget:
                 "503: pkproxy holds too many request bodies; retry shortly", "bodies_full"
             )
         self.held += size
+        self._gauge.set(self.held)
 
     def give(self, size: int) -> None:
         self.held -= size
+        self._gauge.set(self.held)
 
 
 async def _read_body(request: web.Request, limit: int, timeout: float, bodies: BodyBudget) -> bytes:

@@ -49,6 +49,11 @@ class Metrics:
             buckets=_WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.request_bodies_held = Gauge(
+            "pkproxy_request_bodies_held_bytes",
+            "Bytes of request bodies held now, against server.max_buffered_body_bytes.",
+            registry=self.registry,
+        )
         self.local_429 = Counter(
             "pkproxy_local_throttled",
             "429 answers issued by the proxy, by scope, consumer and reason.",

@@ -229,7 +229,7 @@ async def test_bodies_held_at_once_are_bounded(
     """Past server.max_buffered_body_bytes (all connections together), a write is refused
     with a PluralKit-shaped 503 before its body is read, announced or streamed; the bytes
     come back as requests are answered, and nothing refused goes upstream."""
-    from proxy.app import GATEWAY
+    from proxy.app import GATEWAY, METRICS
 
     proxy = await make_proxy(
         server={"max_body_bytes": 1024, "max_buffered_body_bytes": 2048},
@@ -257,6 +257,8 @@ async def test_bodies_held_at_once_are_bounded(
 
     status, _ = await patch(stream())
     assert status == 503
+    exported = proxy.app[METRICS].render().decode()
+    assert f"pkproxy_request_bodies_held_bytes {float(gateway.bodies.held)}" in exported
     assert [s for s, _ in await asyncio.gather(*held)] == [200, 200]
     assert gateway.bodies.held == 0
     assert len(fake.arrivals) == 2
