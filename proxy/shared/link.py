@@ -102,7 +102,8 @@ class RedisLink:
         self._on_invalidate.append(callback)
 
     def on_lost(self, callback: Callable[[], None]) -> None:
-        """`callback()` runs when Redis is lost (memory tiers stop trusting their copies)."""
+        """`callback()` runs when Redis is lost, and when invalidations may have been missed
+        (memory tiers stop trusting their copies)."""
         self._on_lost.append(callback)
 
     @property
@@ -189,19 +190,41 @@ class RedisLink:
                 await self._clock.sleep(_BACKOFF[min(failures, len(_BACKOFF) - 1)])
             failures = 0 if await self._probe() else failures + 1
 
+    async def _reconnected(self, connection: object) -> None:
+        self._invalidations_missed()
+
+    def _invalidations_missed(self) -> None:
+        _log.info("redis.invalidations_resubscribed")
+        for callback in self._on_lost:
+            callback()
+
     async def _listen(self) -> None:
-        """Evictions published by any replica reach this replica's memory tier."""
+        """Evictions published by any replica reach this replica's memory tier. Those
+        published while this replica was not subscribed are lost: when it subscribes again,
+        the memory tier drops what it stored meanwhile (as when Redis is lost)."""
         failures = 0
+        subscribed_before = False
         while True:
             try:
                 async with self.client.pubsub() as pubsub:
                     await pubsub.subscribe(self.invalidations)
+                    if subscribed_before:
+                        self._invalidations_missed()
+                    subscribed_before = True
                     failures = 0
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            tag = message["data"].decode("utf-8", "replace")
-                            for callback in self._on_invalidate:
-                                callback(tag)
+                    # redis-py also reconnects a subscription by itself, without an error.
+                    connection = pubsub.connection
+                    if connection is not None:
+                        connection.register_connect_callback(self._reconnected)
+                    try:
+                        async for message in pubsub.listen():
+                            if message.get("type") == "message":
+                                tag = message["data"].decode("utf-8", "replace")
+                                for callback in self._on_invalidate:
+                                    callback(tag)
+                    finally:
+                        if connection is not None:
+                            connection.deregister_connect_callback(self._reconnected)
             except (RedisError, OSError) as error:
                 self._lost(f"pubsub: {type(error).__name__}")
             failures += 1
