@@ -69,7 +69,7 @@ async def _backends(settings: Settings, clock: Clock, metrics: Metrics) -> Backe
         shared = RedisStore(link, settings.cache.max_stale_seconds, settings.redis.max_entry_bytes)
         front = MemoryFront(settings.cache.memory_bytes, shared)
         link.on_invalidate(front.forget)
-        link.on_lost(front.memory.clear)
+        link.on_missed(front.memory.clear)
         cache = front
     return Backends(
         redis_pacers(link, budget.reserve, budget.margin, clock),

@@ -79,6 +79,7 @@ def raw_answer(error: ProxyError, via: str) -> bytes:
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",
+        *(["Retry-After: 1"] if isinstance(error, Overloaded) else []),
         *(f"{name}: {value}" for name, value in CORS.items()),
         f"Via: {via}",
     ]
@@ -331,16 +332,24 @@ class ProxyRequestHandler(RequestHandler):
 
 
 async def expect(request: web.Request) -> web.StreamResponse | None:
-    """The app's Expect handler: `100-continue` is answered as aiohttp does; any other
-    expectation gets a 417 in PluralKit's shape instead of aiohttp's text/plain one."""
+    """The app's Expect handler: `100-continue` is answered as aiohttp does, unless the body
+    announced would not fit the body budget (503 before it is sent); any other expectation
+    gets a 417 in PluralKit's shape instead of aiohttp's text/plain one."""
     expectation = request.headers.get("Expect", "")
     if request.version != HttpVersion11:
         return None
+    gateway = request.app[GATEWAY]
     if expectation.strip().lower() == "100-continue":
+        try:  # a body that would not fit is refused before the client sends it
+            gateway.bodies.check(request.content_length or 0)
+        except Overloaded as full:
+            gateway.refused(full.status, full.reason or "bodies_full")
+            response = error_response(full, gateway.settings.upstream.via)
+            response.force_close()
+            return response
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper has not started
         return None
-    gateway = request.app[GATEWAY]
     gateway.refused(417, "expectation_failed")
     error = ExpectationFailed(f"417: expectation {expectation[:32]!r} is not supported")
     response = error_response(error, gateway.settings.upstream.via)
@@ -361,6 +370,9 @@ class ProxyRunner(web.AppRunner):
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_LINE_BYTES,
             shutdown_timeout=settings.upstream.timeout_seconds + 1,
+            # A request body is forwarded as it was sent, its Content-Encoding with it (and
+            # counted as received): aiohttp would otherwise decompress it on the way in.
+            auto_decompress=False,
         )
         self._limits = Limits.of(settings)
 

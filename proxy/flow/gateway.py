@@ -262,9 +262,11 @@ class Gateway:
 
 
 class BodyBudget:
-    """The bytes of request bodies held at once, all connections together: a body is taken
-    from it before it is read (or as it arrives, when its length is not announced) and given
-    back once its request is answered. Past `server.max_buffered_body_bytes`, 503."""
+    """The bytes of request bodies held at once, all connections together: taken as they
+    arrive, given back once their request is answered. Past `server.max_buffered_body_bytes`,
+    503: before a body is read when its announced length does not fit (nothing is reserved
+    for it, so a client that announces a body and never sends it holds nothing), else as
+    soon as the bytes received would not fit."""
 
     __slots__ = ("_gauge", "held", "limit")
 
@@ -273,11 +275,15 @@ class BodyBudget:
         self.held = 0
         self._gauge = gauge
 
-    def take(self, size: int) -> None:
+    def check(self, size: int) -> None:
+        """Refuse a body of `size` bytes that would not fit now."""
         if self.held + size > self.limit:
             raise Overloaded(
                 "503: pkproxy holds too many request bodies; retry shortly", "bodies_full"
             )
+
+    def take(self, size: int) -> None:
+        self.check(size)
         self.held += size
         self._gauge.set(self.held)
 
@@ -293,22 +299,19 @@ async def _read_body(request: web.Request, limit: int, timeout: float, bodies: B
     announced = request.content_length
     if announced is not None and announced > limit:
         raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
-    held = announced or 0
-    bodies.take(held)
+    bodies.check(announced or 0)
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(65536):
-                size += len(chunk)
-                if size > limit:
+                if size + len(chunk) > limit:
                     raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
-                if announced is None:
-                    bodies.take(len(chunk))
-                    held += len(chunk)
+                bodies.take(len(chunk))
+                size += len(chunk)
                 chunks.append(chunk)
     except BaseException as exc:
-        bodies.give(held)
+        bodies.give(size)
         if isinstance(exc, TimeoutError):
             raise RequestTimeout(
                 f"408: request body not received within {timeout:g} s", "body_timeout"
@@ -316,6 +319,4 @@ async def _read_body(request: web.Request, limit: int, timeout: float, bodies: B
         if isinstance(exc, RequestPayloadError):
             raise BadRequest("400: malformed request body", f"bad_body: {exc}") from None
         raise
-    body = b"".join(chunks)
-    bodies.give(held - len(body))  # 0: aiohttp reads exactly the announced length
-    return body
+    return b"".join(chunks)

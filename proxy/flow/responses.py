@@ -17,7 +17,7 @@ from proxy.budget.scheduler import ScopeScheduler, ScopeView
 from proxy.cache.store import Entry
 from proxy.clock import Clock, wall_ms_in
 from proxy.core.cachepolicy import CacheResult
-from proxy.core.errors import ProxyError, Throttled
+from proxy.core.errors import Overloaded, ProxyError, Throttled
 from proxy.core.headers import response_headers, writable
 from proxy.core.ratesignal import read_signal, retry_after_header
 from proxy.flow.consumers import Consumer
@@ -53,6 +53,8 @@ def rate_headers(view: ScopeView) -> dict[str, str]:
 
 def error_response(error: ProxyError, via: str) -> web.Response:
     headers: dict[str, str] = {**CORS, "Via": via}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = "1"
     if isinstance(error, Throttled):
         headers.update(
             {

@@ -70,6 +70,7 @@ class RedisLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_invalidate: list[Callable[[str], None]] = []
         self._on_lost: list[Callable[[], None]] = []
+        self._on_missed: list[Callable[[], None]] = []
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -102,8 +103,14 @@ class RedisLink:
         self._on_invalidate.append(callback)
 
     def on_lost(self, callback: Callable[[], None]) -> None:
-        """`callback()` runs when Redis is lost, and when invalidations may have been missed
-        (memory tiers stop trusting their copies)."""
+        """`callback()` runs when Redis is lost."""
+        self._on_lost.append(callback)
+
+    def on_missed(self, callback: Callable[[], None]) -> None:
+        """`callback()` runs whenever invalidations may have been missed: when Redis is
+        lost, and each time the invalidation channel is subscribed (at start too). Memory
+        tiers stop trusting their copies."""
+        self._on_missed.append(callback)
         self._on_lost.append(callback)
 
     @property
@@ -194,23 +201,21 @@ class RedisLink:
         self._invalidations_missed()
 
     def _invalidations_missed(self) -> None:
-        _log.info("redis.invalidations_resubscribed")
-        for callback in self._on_lost:
+        _log.info("redis.invalidations_subscribed")
+        for callback in self._on_missed:
             callback()
 
     async def _listen(self) -> None:
         """Evictions published by any replica reach this replica's memory tier. Those
-        published while this replica was not subscribed are lost: when it subscribes again,
-        the memory tier drops what it stored meanwhile (as when Redis is lost)."""
+        published while this replica was not subscribed are lost to it: each time it
+        subscribes (at start too, as Redis may have been written while it started without
+        it), its memory tier drops what it holds, as when Redis is lost."""
         failures = 0
-        subscribed_before = False
         while True:
             try:
                 async with self.client.pubsub() as pubsub:
                     await pubsub.subscribe(self.invalidations)
-                    if subscribed_before:
-                        self._invalidations_missed()
-                    subscribed_before = True
+                    self._invalidations_missed()
                     failures = 0
                     # redis-py also reconnects a subscription by itself, without an error.
                     connection = pubsub.connection

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import MakeProxy, ServeProxy
 from tests.fakepk import FakePluralKit
+from tests.served import read_answer, request
 from tests.waits import arrivals_reach
 
 
@@ -227,8 +228,10 @@ async def test_bodies_held_at_once_are_bounded(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
     """Past server.max_buffered_body_bytes (all connections together), a write is refused
-    with a PluralKit-shaped 503 before its body is read, announced or streamed; the bytes
-    come back as requests are answered, and nothing refused goes upstream."""
+    with a PluralKit-shaped 503 (Retry-After 1): before its body is read when its announced
+    length does not fit, before `100 Continue` when it asked for one, as it arrives when
+    streamed. Bodies announced but not sent hold nothing. The bytes come back as requests
+    are answered, and nothing refused goes upstream."""
     from proxy.app import GATEWAY, METRICS
 
     proxy = await make_proxy(
@@ -242,14 +245,38 @@ async def test_bodies_held_at_once_are_bounded(
 
     async def patch(data: object) -> tuple[int, dict[str, object]]:
         async with http.patch(url, data=data, headers=owner) as r:
+            assert r.status != 503 or r.headers["Retry-After"] == "1"
             return r.status, await r.json()
 
+    # Two clients announce a body each and send nothing: they hold none of the budget.
+    silent = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(2)]
+    for _, writer in silent:
+        writer.write(
+            request(
+                "PATCH", "/v2/members/abcde", "Authorization: token-exmpl", "Content-Length: 1000"
+            )
+        )
     held = [asyncio.create_task(patch(b'{"name": "' + b"x" * 990 + b'"}')) for _ in range(2)]
     gateway = proxy.app[GATEWAY]
     while gateway.bodies.held < 2000:
         await asyncio.sleep(0.01)
     status, body = await patch(b'{"name": "' + b"y" * 990 + b'"}')
     assert (status, body["code"]) == (503, 0) and "request bodies" in str(body["message"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(
+        request(
+            "PATCH",
+            "/v2/members/abcde",
+            "Authorization: token-exmpl",
+            "Expect: 100-continue",
+            "Content-Length: 1000",
+        )
+    )
+    answer = await read_answer(reader)  # the 503 itself, not "100 Continue"
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
+    writer.close()
+    for _, writer in silent:
+        writer.close()
 
     async def stream():  # no Content-Length: taken from the budget as it arrives
         for _ in range(4):
@@ -265,6 +292,25 @@ async def test_bodies_held_at_once_are_bounded(
     fake.delay = 0.0
     assert (await patch(b'{"name": "z"}'))[0] == 200
     assert gateway.bodies.held == 0
+
+
+async def test_a_compressed_request_body_is_forwarded_as_sent(
+    fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
+) -> None:
+    """A body sent with Content-Encoding: gzip reaches upstream as it was sent, with its
+    encoding (aiohttp's server would decompress it and the header would lie)."""
+    proxy = await make_proxy()
+    sent = gzip.compress(b'{"name": "Zipped"}')
+    async with http.patch(
+        proxy.make_url("/v2/members/abcde"),
+        data=sent,
+        headers={"Authorization": "token-exmpl", "Content-Encoding": "gzip"},
+    ) as r:
+        assert r.status == 200 and (await r.json())["name"] == "Zipped"
+    (arrival,) = fake.arrivals  # the fake's aiohttp decodes it, as a server may
+    assert ("Content-Encoding", "gzip") in arrival.headers
+    assert ("Content-Length", str(len(sent))) in arrival.headers
+    assert arrival.body == b'{"name": "Zipped"}'
 
 
 async def test_oversized_headers_are_refused(
