@@ -12,13 +12,17 @@ from collections.abc import Iterable
 
 from proxy.cache.store import CacheStore
 from proxy.core.cachepolicy import cache_key, cache_tag
-from proxy.core.invalidation import parse_json, paths_to_evict
+from proxy.core.invalidation import Owned, learns_from, objects_in, parse_json, paths_to_evict
 from proxy.core.routes import Route
 from proxy.ops.logs import get_logger
 from proxy.ops.metrics import Metrics
 
 _ME_MEMORY = 10_000
 _ROUNDS = 3
+# Objects remembered from answers (a few hundred bytes each), and the largest answer read
+# for them: parsing a bigger one would stall the event loop for every other request.
+_OBJECTS_KEPT = 50_000
+_LEARN_MAX_BYTES = 2 * 1024 * 1024
 
 
 class Invalidator:
@@ -30,6 +34,38 @@ class Invalidator:
         # Which system a credential's @me is, keyed by a keyed hash (never the credential).
         self._me: OrderedDict[bytes, str] = OrderedDict()
         self._me_secret = os.urandom(32)
+        # Members, groups and systems seen in answers, by kind and each of their ids: how a
+        # write whose own body says nothing (a DELETE) finds the lists it makes wrong when
+        # no body of that very member is cached. Never served; only steers evictions.
+        self._seen: OrderedDict[tuple[str, str], Owned] = OrderedDict()
+
+    def learn(
+        self, template: str, status: int, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> None:
+        """Remember the objects an upstream answer describes (see `_seen`)."""
+        if status != 200 or not learns_from(template) or len(body) > _LEARN_MAX_BYTES:
+            return
+        data = parse_json(_decoded(headers, body))
+        for owned in objects_in(template, data):
+            for ref in owned.ids:
+                self._seen[(owned.kind, ref)] = owned
+                self._seen.move_to_end((owned.kind, ref))
+        while len(self._seen) > _OBJECTS_KEPT:
+            self._seen.popitem(last=False)
+
+    def _seen_body(self, path: str) -> object:
+        """A member's, group's or system's ids and system as remembered, in the shape of its
+        own answer, or None."""
+        parts = path.split("/")
+        if len(parts) != 4:
+            return None
+        owned = self._seen.get((parts[2], parts[3]))
+        if owned is None:
+            return None
+        body: dict[str, str] = {} if owned.system is None else {"system": owned.system}
+        for ref in owned.ids:
+            body["uuid" if len(ref) == 36 else "id"] = ref
+        return body
 
     async def after_write(
         self,
@@ -68,19 +104,17 @@ class Invalidator:
                 if body is not None:
                     found[path] = body
                     break
+            else:
+                seen = self._seen_body(path)
+                if seen is not None:
+                    found[path] = seen
         return found
 
     async def _cached_json(self, key: str) -> object:
         entry = await self._cache.get(key)
         if entry is None or entry.status != 200:
             return None
-        body = entry.body
-        if any(k.lower() == "content-encoding" and "gzip" in v.lower() for k, v in entry.headers):
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError):
-                return None
-        return parse_json(body)
+        return parse_json(_decoded(entry.headers, entry.body))
 
     def _digest(self, credentials: list[tuple[str, str]]) -> bytes:
         material = repr(sorted((k.lower(), v) for k, v in credentials)).encode()
@@ -100,3 +134,13 @@ class Invalidator:
             self._me.move_to_end(digest)
             while len(self._me) > _ME_MEMORY:
                 self._me.popitem(last=False)
+
+
+def _decoded(headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A body as JSON text: gunzipped if it was sent gzipped; b"" if that fails."""
+    if any(k.lower() == "content-encoding" and "gzip" in v.lower() for k, v in headers):
+        try:
+            return gzip.decompress(body)
+        except (OSError, EOFError):
+            return b""
+    return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.core.cachepolicy import GROUP_MEMBER_LISTS, MEMBER_GROUP_LISTS
@@ -57,18 +58,71 @@ _LINKS = {"members": ("groups", "groups", "members"), "groups": ("members", "mem
 
 
 def _linked_paths(kind: str, refs: set[str], known: KnownBody) -> tuple[set[str], set[str]]:
-    """Paths a write to members or groups `refs` makes wrong, and the systems they belong to."""
+    """Paths a write to members or groups `refs` makes wrong (under each id the known body
+    gives, short id and UUID), and the systems they belong to."""
     own_list, other_kind, other_list = _LINKS[kind]
     paths: set[str] = set()
     systems: set[str] = set()
     for ref in refs:
-        paths |= {f"/v2/{kind}/{ref}", f"/v2/{kind}/{ref}/{own_list}"}
         cached = known(f"/v2/{kind}/{ref}")
         if isinstance(cached, dict) and isinstance(cached.get("system"), str):
             systems.add(fold_ref(cached["system"]))
-        for other in _refs(known(f"/v2/{kind}/{ref}/{own_list}")):
-            paths.add(f"/v2/{other_kind}/{other}/{other_list}")
+        for alias in {ref} | _ids(cached):
+            paths |= {f"/v2/{kind}/{alias}", f"/v2/{kind}/{alias}/{own_list}"}
+            for other in _refs(known(f"/v2/{kind}/{alias}/{own_list}")):
+                paths.add(f"/v2/{other_kind}/{other}/{other_list}")
     return paths, systems
+
+
+# What the objects in an answer are, by route: a member's or group's ids and system, a
+# system's ids. A write whose answer has no body (a DELETE) finds them here even when no
+# body of that member is cached.
+_OBJECTS: dict[str, tuple[str, str | None]] = {  # template: (kind, key of a nested list)
+    "/v2/systems/{ref}": ("systems", None),
+    "/v2/members/{ref}": ("members", None),
+    "/v2/groups/{ref}": ("groups", None),
+    "/v2/systems/{ref}/members": ("members", None),
+    "/v2/groups/{ref}/members": ("members", None),
+    "/v2/systems/{ref}/groups": ("groups", None),
+    "/v2/members/{ref}/groups": ("groups", None),
+    "/v2/systems/{ref}/fronters": ("members", "members"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """One object seen in an answer: its kind, every id it answers to, its system."""
+
+    kind: str
+    ids: frozenset[str]
+    system: str | None
+
+
+def learns_from(template: str) -> bool:
+    return template in _OBJECTS
+
+
+def objects_in(template: str, body: Any) -> list[Owned]:
+    """The members, groups or systems an answer on `template` describes."""
+    shape = _OBJECTS.get(template)
+    if shape is None:
+        return []
+    kind, nested = shape
+    if nested is not None:
+        body = body.get(nested) if isinstance(body, dict) else None
+    items = body if isinstance(body, list) else [body]
+    out = []
+    for item in items:
+        ids = _ids(item)
+        if not ids:
+            continue
+        system = item.get("system")
+        if kind == "systems":
+            system = None
+        elif not isinstance(system, str):
+            continue
+        out.append(Owned(kind, frozenset(ids), fold_ref(system) if system else None))
+    return out
 
 
 def paths_to_evict(

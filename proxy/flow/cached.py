@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy.budget.forward import Outbound, Place
 from proxy.budget.scheduler import ScopeScheduler
+from proxy.cache.invalidator import Invalidator
 from proxy.cache.memory import MemoryFront
 from proxy.cache.store import CacheStore, Entry
 from proxy.core import cachepolicy
@@ -46,9 +47,17 @@ _UPSTREAM_FAILURES = (UpstreamUnavailable, UpstreamTimeout, Throttled, TimeoutEr
 
 
 class CachedPath:
-    def __init__(self, parts: Parts, responder: Responder, cache: CacheStore, origin: str) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        responder: Responder,
+        cache: CacheStore,
+        origin: str,
+        invalidator: Invalidator | None = None,
+    ) -> None:
         self._parts, self._responder = parts, responder
         self._cache, self._origin = cache, origin
+        self._invalidator = invalidator
         self.coalescer = parts.coalescer
         self._memory = cache.memory if isinstance(cache, MemoryFront) else None
         lookups = parts.metrics.cache_lookups
@@ -218,6 +227,9 @@ class CachedPath:
         flight.task.add_done_callback(_swallow)
 
     async def _store(self, req: Request, key: str, upstream: UpstreamResponse, since: int) -> None:
+        if self._invalidator is not None:
+            template = req.target.route.template
+            self._invalidator.learn(template, upstream.status, upstream.headers, upstream.body)
         decision = cachepolicy.store_decision(
             upstream.status,
             upstream.headers,

@@ -48,6 +48,10 @@ class DirectPath:
             return
         credentials = [(k, v) for k, v in req.headers if k.lower() in CREDENTIAL_HEADERS]
         route = req.target.route
+        if req.target.method == "GET":  # a credentialed read: its objects' ids and systems
+            self._invalidator.learn(
+                route.template, upstream.status, upstream.headers, upstream.body
+            )
         if req.target.method in WRITE_METHODS and 200 <= upstream.status < 300:
             await self._invalidator.after_write(route, credentials, req.body, upstream.body)
         if credentials and route.param("ref") == "@me":

@@ -90,7 +90,9 @@ class Gateway:
         responder = Responder(parts.settings.upstream.via, parts.quotas, parts.clock)
         self.direct = DirectPath(parts, responder, invalidator)
         self.cached = (
-            CachedPath(parts, responder, parts.cache, origin) if parts.cache is not None else None
+            CachedPath(parts, responder, parts.cache, origin, invalidator)
+            if parts.cache is not None
+            else None
         )
 
     @property

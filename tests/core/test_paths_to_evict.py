@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from proxy.core.cachepolicy import GROUP_MEMBER_LISTS, MEMBER_GROUP_LISTS, cache_tag
-from proxy.core.invalidation import paths_to_evict, system_paths
+from proxy.core.invalidation import Owned, objects_in, paths_to_evict, system_paths
 from proxy.core.routes import match_route
 
 SYS_UUID = "11111111-1111-4111-8111-111111111111"
@@ -210,6 +210,7 @@ MEMBER_UUID_OWN = {f"/v2/members/{MEMBER_UUID}", f"/v2/members/{MEMBER_UUID}/gro
             None,
             CACHED,
             MEMBER_OWN
+            | MEMBER_UUID_OWN  # the cached member gives its UUID
             | {f"/v2/groups/{GROUP_UUID}/members", "/v2/groups/grpaa/members"}
             # the cached member names its system, the cached group list its groups
             | every_path_of("exmpl", SYS_UUID),
@@ -285,6 +286,7 @@ GROUP_OWN = {"/v2/groups/grpaa", "/v2/groups/grpaa/members", MEMBER_GROUP_LISTS}
             None,
             CACHED,
             GROUP_OWN
+            | {f"/v2/groups/{GROUP_UUID}", f"/v2/groups/{GROUP_UUID}/members"}
             | {"/v2/members/abcde/groups", "/v2/members/prvmb/groups"}
             | every_path_of("exmpl", SYS_UUID),
             id="cached-group-and-member-list",
@@ -303,6 +305,7 @@ GROUP_OWN = {"/v2/groups/grpaa", "/v2/groups/grpaa/members", MEMBER_GROUP_LISTS}
             None,
             CACHED,
             GROUP_OWN
+            | {f"/v2/groups/{GROUP_UUID}", f"/v2/groups/{GROUP_UUID}/members"}
             | {
                 "/v2/members/zyxwv/groups",  # named in the write
                 "/v2/members/abcde/groups",  # members before the write, from the cache
@@ -354,3 +357,48 @@ def test_the_lists_linking_members_and_groups_share_one_tag_per_route(
     """Every group's member list is evicted by one tag, every member's group list by one:
     a write to the other kind evicts them all, whichever are cached."""
     assert cache_tag("https://api.pluralkit.me", path) == f"https://api.pluralkit.me{tagged_as}"
+
+
+def test_a_member_known_only_by_uuid_is_evicted_under_its_short_id_too() -> None:
+    """DELETE by UUID (no answer body): the known body (cached, or learned from a list the
+    member was in) gives the short id, under which it may be cached."""
+    known = {f"/v2/members/{MEMBER_UUID}": {"id": "abcde", "uuid": MEMBER_UUID, "system": "exmpl"}}
+    evicted = evict(f"/v2/members/{MEMBER_UUID}", None, None, known)
+    assert {"/v2/members/abcde", "/v2/members/abcde/groups"} <= evicted
+    assert every_path_of("exmpl") <= evicted
+
+
+@pytest.mark.parametrize(
+    ("template", "body", "expected"),
+    [
+        (
+            "/v2/systems/{ref}/members",
+            [
+                {"id": "ABCDE", "uuid": MEMBER_UUID.upper(), "system": "exmpl"},
+                {"id": "nosys"},
+                "garbage",
+            ],
+            [Owned("members", frozenset({"abcde", MEMBER_UUID}), "exmpl")],
+        ),
+        (
+            "/v2/systems/{ref}/fronters",
+            {"members": [{"id": "abcde", "system": "EXMPL"}]},
+            [Owned("members", frozenset({"abcde"}), "exmpl")],
+        ),
+        (
+            "/v2/systems/{ref}",
+            {"id": "exmpl", "uuid": SYS_UUID},
+            [Owned("systems", frozenset({"exmpl", SYS_UUID}), None)],
+        ),
+        (
+            "/v2/members/{ref}/groups",
+            [{"id": "grpaa", "uuid": GROUP_UUID, "system": "exmpl"}],
+            [Owned("groups", frozenset({"grpaa", GROUP_UUID}), "exmpl")],
+        ),
+        ("/v2/messages/{id}", {"id": "1", "system": {"id": "exmpl"}}, []),
+        ("/v2/members/{ref}", None, []),
+    ],
+)
+def test_objects_in_an_answer(template: str, body: Any, expected: list[Owned]) -> None:
+    """The members, groups and systems an answer describes, ids folded."""
+    assert objects_in(template, body) == expected

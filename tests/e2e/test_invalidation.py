@@ -67,6 +67,30 @@ async def test_a_member_renamed_is_not_stale_in_a_group_list_the_proxy_cannot_li
         assert [g["name"] for g in await r.json() if g["id"] == "grpaa"] == ["Renamed"]
 
 
+async def test_a_member_deleted_leaves_no_cached_list_of_its_system(
+    fast_fake: FakePluralKit, proxy: TestServer, http: aiohttp.ClientSession
+) -> None:
+    """DELETE answers 204 with no body, the member itself was never cached and the token's
+    @me is not known: the system's member list the member was seen in is still evicted
+    (the proxy remembers which system the members in answers belong to)."""
+    await warm(http, proxy, ["/v2/systems/exmpl/members"])
+    assert await write(http, proxy, "DELETE", "/v2/members/abcde", None) == 204
+    async with http.get(proxy.make_url("/v2/systems/exmpl/members")) as r:
+        assert r.headers["X-Cache"] == "MISS"
+        assert "abcde" not in {m["id"] for m in await r.json()}
+
+
+async def test_a_member_written_by_uuid_is_evicted_under_its_short_id(
+    fast_fake: FakePluralKit, proxy: TestServer, http: aiohttp.ClientSession
+) -> None:
+    """Cached as /members/abcde, deleted as /members/<uuid>: both names are evicted."""
+    uuid = fast_fake.members["abcde"]["uuid"]
+    await warm(http, proxy, ["/v2/members/abcde"])
+    assert await write(http, proxy, "DELETE", f"/v2/members/{uuid.upper()}", None) == 204
+    async with http.get(proxy.make_url("/v2/members/abcde")) as r:
+        assert (r.status, r.headers["X-Cache"]) == (404, "MISS")
+
+
 async def test_member_write_evicts_member_its_lists_and_groups(
     fast_fake: FakePluralKit, proxy: TestServer, http: aiohttp.ClientSession
 ) -> None:
