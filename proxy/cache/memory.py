@@ -7,6 +7,8 @@ from typing import Any
 
 from proxy.cache.store import CacheStore, Entry, WriteGenerations
 
+_LOCAL = -2  # generations at or below this are this process's own (see MemoryFront)
+
 
 class MemoryTier:
     """An LRU bounded by bytes, with a tag index so that a path evicts all its queries.
@@ -122,30 +124,39 @@ class MemoryFront:
         return entry
 
     async def set(self, key: str, entry: Entry, since: int) -> bool:
-        if self._inner is not None:
-            stored = await self._inner.set(key, entry, since)
-        else:
+        if self._inner is None:
             stored = not self._generations.outdated(entry.tag, since)
+        elif since <= _LOCAL:  # fetched while the shared store was lost: see generation()
+            stored = not self._generations.outdated(entry.tag, _LOCAL - since)
+            stored = stored and await self._inner.set(key, entry, -1)
+        else:
+            stored = await self._inner.set(key, entry, since)
         if stored:
             self.memory.set(key, entry)
         return stored
 
     async def evict_tag(self, tag: str) -> int:
         count = self.memory.evict_tag(tag)
+        self._generations.evicted(tag)  # also kept in front of a shared store, for when it is lost
         if self._inner is not None:
-            return await self._inner.evict_tag(tag)  # it holds all; memory held copies
-        self._generations.evicted(tag)
+            return max(count, await self._inner.evict_tag(tag))  # it holds all, when it is up
         return count
 
     async def generation(self) -> int:
-        if self._inner is not None:
-            return await self._inner.generation()
-        return self._generations.current
+        """The write generation of the inner store, or of this process's own writes while
+        a shared inner store is lost (it answers -1 then), encoded as `_LOCAL - generation`
+        so that `set` knows which of the two a fetch started at."""
+        if self._inner is None:
+            return self._generations.current
+        shared = await self._inner.generation()
+        return shared if shared >= 0 else _LOCAL - self._generations.current
 
     async def clear(self) -> int:
         count = len(self.memory)
         self.memory.clear()
-        return await self._inner.clear() if self._inner is not None else count
+        if self._inner is not None:
+            return max(count, await self._inner.clear())  # it holds all, when it is up
+        return count
 
     async def stats(self) -> dict[str, int]:
         inner = await self._inner.stats() if self._inner is not None else {}

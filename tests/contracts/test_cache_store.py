@@ -12,9 +12,16 @@ from proxy.cache.memory import MemoryFront
 from proxy.cache.redis_store import RedisStore
 from proxy.cache.store import CacheStore, Entry
 from proxy.clock import SystemClock
-from tests.redis_fixtures import drop_prefix, make_link, shared_redis_or_skip, unique_prefix
+from tests.redis_fixtures import (
+    drop_prefix,
+    free_port,
+    make_link,
+    shared_redis_or_skip,
+    unique_prefix,
+)
 
-BACKENDS = ["memory", "disk", "memory+disk", "redis", "memory+redis"]
+# memory+redis-lost: Redis unreachable from the start (each replica serving alone).
+BACKENDS = ["memory", "disk", "memory+disk", "redis", "memory+redis", "memory+redis-lost"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +34,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         made = DiskStore(str(tmp_path / "disk"), 10_000_000)
     elif request.param == "memory+disk":
         made = tiered(str(tmp_path / "tiered"), 10_000_000, 10_000_000)
+    elif request.param == "memory+redis-lost":
+        prefix = unique_prefix()
+        link = await make_link(SystemClock(), prefix, f"redis://127.0.0.1:{free_port()}/0")
+        assert not link.available
+        made = MemoryFront(10_000_000, RedisStore(link, 60.0, 1_000_000))
     else:
         shared_redis_or_skip()
         prefix = unique_prefix()
@@ -38,7 +50,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await made.close()
     if link is not None:
         await link.stop()
-        await drop_prefix(prefix)
+        if request.param != "memory+redis-lost":
+            await drop_prefix(prefix)
 
 
 def entry(tag: str, body: bytes = b'{"id":"abcde"}', status: int = 200) -> Entry:
