@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from proxy.budget.forward import Forwarder
 from proxy.budget.pacer import PacerFactory, local_pacers
@@ -19,13 +19,14 @@ from proxy.cache.memory import MemoryFront
 from proxy.cache.redis_store import RedisLeases, RedisStore
 from proxy.cache.store import CacheStore, FetchLeases, LocalLeases
 from proxy.clock import Clock, SystemClock
+from proxy.core.errors import ExpectationFailed, Overloaded
 from proxy.flow.coalesce import Coalescer
 from proxy.flow.consumers import Consumers
 from proxy.flow.gateway import Gateway, Parts
+from proxy.flow.responses import error_response
 from proxy.ops.endpoints import BOARD, GATEWAY, METRICS, OWN_ENDPOINTS, own_endpoint
 from proxy.ops.metrics import Metrics
 from proxy.ops.status import StatusBoard
-from proxy.server import expect
 from proxy.settings import Settings
 from proxy.shared.link import RedisLink
 from proxy.upstream.client import Upstream, UpstreamResponse
@@ -141,6 +142,32 @@ async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.match_info.http_exception is not None:
         return await request.app[GATEWAY].handle(request)
     return await handler(request)
+
+
+async def expect(request: web.Request) -> web.StreamResponse | None:
+    """The app's Expect handler: `100-continue` is answered as aiohttp does, unless the body
+    announced would not fit the body budget (503 before it is sent); any other expectation
+    gets a 417 in PluralKit's shape instead of aiohttp's text/plain one."""
+    expectation = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    gateway = request.app[GATEWAY]
+    if expectation.strip().lower() == "100-continue":
+        try:  # a body that would not fit is refused before the client sends it
+            gateway.bodies.check(request.content_length or 0)
+        except Overloaded as full:
+            gateway.refused(full.status, full.reason or "bodies_full")
+            response = error_response(full, gateway.settings.upstream.via)
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+        return None
+    gateway.refused(417, "expectation_failed")
+    error = ExpectationFailed(f"417: expectation {expectation[:32]!r} is not supported")
+    response = error_response(error, gateway.settings.upstream.via)
+    response.force_close()  # whether a body follows is unknown: nothing else can
+    return response
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:

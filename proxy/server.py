@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -20,7 +20,6 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from proxy.core.admission import check_method
 from proxy.core.errors import (
     BadRequest,
-    ExpectationFailed,
     HeadersTooLarge,
     Internal,
     MethodNotAllowed,
@@ -329,32 +328,6 @@ class ProxyRequestHandler(RequestHandler):
             except MethodNotAllowed as refusal:
                 return refusal
         return BadRequest("400: malformed request line")
-
-
-async def expect(request: web.Request) -> web.StreamResponse | None:
-    """The app's Expect handler: `100-continue` is answered as aiohttp does, unless the body
-    announced would not fit the body budget (503 before it is sent); any other expectation
-    gets a 417 in PluralKit's shape instead of aiohttp's text/plain one."""
-    expectation = request.headers.get("Expect", "")
-    if request.version != HttpVersion11:
-        return None
-    gateway = request.app[GATEWAY]
-    if expectation.strip().lower() == "100-continue":
-        try:  # a body that would not fit is refused before the client sends it
-            gateway.bodies.check(request.content_length or 0)
-        except Overloaded as full:
-            gateway.refused(full.status, full.reason or "bodies_full")
-            response = error_response(full, gateway.settings.upstream.via)
-            response.force_close()
-            return response
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the answer proper has not started
-        return None
-    gateway.refused(417, "expectation_failed")
-    error = ExpectationFailed(f"417: expectation {expectation[:32]!r} is not supported")
-    response = error_response(error, gateway.settings.upstream.via)
-    response.force_close()  # whether a body follows is unknown: nothing else can
-    return response
 
 
 class ProxyRunner(web.AppRunner):

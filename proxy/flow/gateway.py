@@ -135,7 +135,8 @@ class Gateway:
         """A fresh hit in the memory tier, answered before aiohttp's router and middleware
         and without a response object (ProxyRequestHandler writes the bytes), or None: the
         whole path, which would give the same answer, header for header. Anything unusual
-        (a body, an Expect, a refusal to shape, a credential) takes the whole path."""
+        (a body, an Expect or Upgrade, a refusal to shape, a credential) takes the whole
+        path."""
         method = request.method
         cached = self.cached
         if (method != "GET" and method != "HEAD") or cached is None or self.draining:
