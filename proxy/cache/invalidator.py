@@ -3,10 +3,10 @@ in-flight reads from storing answers older than the write)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -23,6 +23,7 @@ _ROUNDS = 3
 # for them: parsing a bigger one would stall the event loop for every other request.
 _OBJECTS_KEPT = 50_000
 _LEARN_MAX_BYTES = 2 * 1024 * 1024
+_DECODED_MAX_BYTES = 16 * 1024 * 1024  # a gzipped body is not inflated past this
 
 
 class Invalidator:
@@ -45,7 +46,7 @@ class Invalidator:
         """Remember the objects an upstream answer describes (see `_seen`)."""
         if status != 200 or not learns_from(template) or len(body) > _LEARN_MAX_BYTES:
             return
-        data = parse_json(_decoded(headers, body))
+        data = parse_json(decoded(headers, body))
         for owned in objects_in(template, data):
             for ref in owned.ids:
                 self._seen[(owned.kind, ref)] = owned
@@ -114,7 +115,7 @@ class Invalidator:
         entry = await self._cache.get(key)
         if entry is None or entry.status != 200:
             return None
-        return parse_json(_decoded(entry.headers, entry.body))
+        return parse_json(decoded(entry.headers, entry.body))
 
     def _digest(self, credentials: list[tuple[str, str]]) -> bytes:
         material = repr(sorted((k.lower(), v) for k, v in credentials)).encode()
@@ -136,11 +137,14 @@ class Invalidator:
                 self._me.popitem(last=False)
 
 
-def _decoded(headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """A body as JSON text: gunzipped if it was sent gzipped; b"" if that fails."""
+def decoded(headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """A body as JSON text: gunzipped if it was sent gzipped (pkproxy passes bodies on as
+    they were sent); b"" if that fails or would exceed `_DECODED_MAX_BYTES` (a gzip bomb)."""
     if any(k.lower() == "content-encoding" and "gzip" in v.lower() for k, v in headers):
+        inflate = zlib.decompressobj(wbits=31)  # gzip framing
         try:
-            return gzip.decompress(body)
-        except (OSError, EOFError):
+            text = inflate.decompress(body, _DECODED_MAX_BYTES)
+        except zlib.error:
             return b""
+        return b"" if inflate.unconsumed_tail or not inflate.eof else text
     return body

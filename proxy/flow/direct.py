@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.budget.forward import Outbound
-from proxy.cache.invalidator import Invalidator
+from proxy.cache.invalidator import Invalidator, decoded
 from proxy.core.cachepolicy import CacheResult
 from proxy.core.headers import CREDENTIAL_HEADERS, forward_request_headers
 from proxy.flow.request import Request, RequestLog
@@ -53,6 +53,8 @@ class DirectPath:
                 route.template, upstream.status, upstream.headers, upstream.body
             )
         if req.target.method in WRITE_METHODS and 200 <= upstream.status < 300:
-            await self._invalidator.after_write(route, credentials, req.body, upstream.body)
+            sent = decoded(req.headers, req.body)  # forwarded as sent, gzipped perhaps
+            answer = decoded(upstream.headers, upstream.body)
+            await self._invalidator.after_write(route, credentials, sent, answer)
         if credentials and route.param("ref") == "@me":
             self._invalidator.learn_me(route, credentials, upstream.status, upstream.body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
@@ -165,6 +167,23 @@ async def test_group_write_evicts_group_and_its_member_list(
     assert status == 204
     for path in ("/v2/groups/grpaa", "/v2/groups/grpaa/members", "/v2/members/zyxwv/groups"):
         assert await cached(http, proxy, path) == "MISS", path
+
+
+async def test_a_gzipped_write_body_is_read_for_what_it_names(
+    fast_fake: FakePluralKit, proxy: TestServer, http: aiohttp.ClientSession
+) -> None:
+    """A member added to groups named in a gzipped body (forwarded as sent): the proxy
+    reads the body it forwarded to find the groups, and evicts them."""
+    fast_fake.force_status["/v2/members/abcde/groups/add"] = (204, b"")
+    await warm(http, proxy, ["/v2/groups/grpaa"])
+    headers = {**OWNER, "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    async with http.post(
+        proxy.make_url("/v2/members/abcde/groups/add"),
+        data=gzip.compress(b'["grpaa"]'),
+        headers=headers,
+    ) as r:
+        assert r.status == 204
+    assert await cached(http, proxy, "/v2/groups/grpaa") == "MISS"
 
 
 async def test_failed_write_evicts_nothing(
