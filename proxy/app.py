@@ -19,7 +19,7 @@ from proxy.cache.memory import MemoryFront
 from proxy.cache.redis_store import RedisLeases, RedisStore
 from proxy.cache.store import CacheStore, FetchLeases, LocalLeases
 from proxy.clock import Clock, SystemClock
-from proxy.core.errors import ExpectationFailed, Overloaded
+from proxy.core.errors import ExpectationFailed, Overloaded, PayloadTooLarge
 from proxy.flow.coalesce import Coalescer
 from proxy.flow.consumers import Consumers
 from proxy.flow.gateway import Gateway, Parts
@@ -153,11 +153,15 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
         return None
     gateway = request.app[GATEWAY]
     if expectation.strip().lower() == "100-continue":
-        try:  # a body that would not fit is refused before the client sends it
-            gateway.bodies.check(request.content_length or 0)
-        except Overloaded as full:
-            gateway.refused(full.status, full.reason or "bodies_full")
-            response = error_response(full, gateway.settings.upstream.via)
+        announced = request.content_length or 0
+        limit = gateway.settings.server.max_body_bytes
+        try:  # a body that would not be taken is refused before the client sends it
+            if announced > limit:
+                raise PayloadTooLarge(f"413: request body larger than {limit} bytes", "too_large")
+            gateway.bodies.check(announced)
+        except (PayloadTooLarge, Overloaded) as refusal:
+            gateway.refused(refusal.status, refusal.reason or "bodies_full")
+            response = error_response(refusal, gateway.settings.upstream.via)
             response.force_close()
             return response
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -254,14 +254,16 @@ class ProxyRequestHandler(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        """After a 408, or a body that could not be parsed, the connection closes once the
+        """After a 408, a body that could not be parsed, or any answer that closes the
+        connection while the body is unread (413, 503, 417), the connection closes once the
         answer is written: aiohttp would otherwise linger reading what is left of the body
         for up to 10 s (and re-raise its parse error while doing so)."""
         if isinstance(resp, RawAnswer):
             return await self._write_raw(resp)
         answered = await super().finish_response(request, resp, start_time)
-        if resp.status == 408 or self._close_after_answer:
-            self.force_close()
+        unread = not resp.keep_alive and not request.content.is_eof()
+        if resp.status == 408 or self._close_after_answer or unread:
+            self.force_close()  # a refusal that leaves a body unread: close, do not linger
         return answered
 
     async def _write_raw(self, answer: RawAnswer) -> tuple[Any, bool]:

@@ -7,6 +7,9 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from proxy.cache.memory import MemoryFront
+from proxy.cache.redis_store import RedisStore
+from proxy.cache.store import Entry
 from proxy.clock import SystemClock
 from tests.redis_fixtures import RedisServer, make_link, unique_prefix
 
@@ -68,3 +71,36 @@ async def test_a_replica_started_without_redis_drops_its_copies_once_subscribed(
         await until(lambda: cleared and link.available, "subscribed")
     finally:
         await link.stop()
+
+
+def entry(tag: str) -> Entry:
+    return Entry(200, (("Content-Type", "application/json"),), b"{}", 1_800_000_000.0, 60.0, tag)
+
+
+async def test_an_older_answer_is_not_stored_across_redis_lost_and_back(
+    redis_server: RedisServer,
+) -> None:
+    """Memory in front of Redis keeps a fetch that began before a write from storing its
+    answer: (A) Redis up when it began, lost when this replica wrote; (B) Redis lost when
+    it began, back when another replica wrote."""
+    prefix = unique_prefix()
+    link = await make_link(SystemClock(), prefix, redis_server.url)
+    other = await make_link(SystemClock(), prefix, redis_server.url)
+    front = MemoryFront(10_000_000, RedisStore(link, 60.0, 1_000_000))
+    try:
+        since = await front.generation()  # (A)
+        redis_server.kill()
+        await front.evict_tag("/v2/members/abcde")
+        assert not link.available
+        assert await front.set("a", entry("/v2/members/abcde"), since) is False
+        assert await front.get("a") is None
+        since = await front.generation()  # (B), Redis still lost
+        redis_server.start()
+        await until(lambda: link.available and other.available, "Redis back")
+        await RedisStore(other, 60.0, 1_000_000).evict_tag("/v2/groups/grpaa")
+        assert await front.set("b", entry("/v2/groups/grpaa"), since) is False
+        assert await front.get("b") is None
+        assert await front.set("c", entry("/v2/groups/other"), since) is True
+    finally:
+        await link.stop()
+        await other.stop()

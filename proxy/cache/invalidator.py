@@ -21,7 +21,7 @@ _ME_MEMORY = 10_000
 _ROUNDS = 3
 # Objects remembered from answers (a few hundred bytes each), and the largest answer read
 # for them: parsing a bigger one would stall the event loop for every other request.
-_OBJECTS_KEPT = 50_000
+_OBJECTS_KEPT = 20_000  # about 10 MiB
 _LEARN_MAX_BYTES = 2 * 1024 * 1024
 _DECODED_MAX_BYTES = 16 * 1024 * 1024  # a gzipped body is not inflated past this
 
@@ -46,7 +46,7 @@ class Invalidator:
         """Remember the objects an upstream answer describes (see `_seen`)."""
         if status != 200 or not learns_from(template) or len(body) > _LEARN_MAX_BYTES:
             return
-        data = parse_json(decoded(headers, body))
+        data = parse_json(decoded(headers, body, _LEARN_MAX_BYTES))
         for owned in objects_in(template, data):
             for ref in owned.ids:
                 self._seen[(owned.kind, ref)] = owned
@@ -137,14 +137,23 @@ class Invalidator:
                 self._me.popitem(last=False)
 
 
-def decoded(headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
-    """A body as JSON text: gunzipped if it was sent gzipped (pkproxy passes bodies on as
-    they were sent); b"" if that fails or would exceed `_DECODED_MAX_BYTES` (a gzip bomb)."""
-    if any(k.lower() == "content-encoding" and "gzip" in v.lower() for k, v in headers):
-        inflate = zlib.decompressobj(wbits=31)  # gzip framing
+def decoded(
+    headers: Iterable[tuple[str, str]], body: bytes, limit: int = _DECODED_MAX_BYTES
+) -> bytes:
+    """A body as JSON text, pkproxy passing bodies on as they were sent: inflated if it was
+    sent gzip or deflate encoded; b"" for another coding (br, zstd: not read), if inflating
+    fails, or if the text would exceed `limit` (a gzip bomb is not inflated)."""
+    codings = [v.strip().lower() for k, v in headers if k.lower() == "content-encoding"]
+    if not codings or codings == ["identity"]:
+        return body if len(body) <= limit else b""
+    if codings not in (["gzip"], ["x-gzip"], ["deflate"]):
+        return b""
+    # gzip framing, or deflate as zlib data (RFC 9110) or, as some servers send it, raw.
+    for wbits in (31,) if "gzip" in codings[0] else (15, -15):
+        inflate = zlib.decompressobj(wbits=wbits)
         try:
-            text = inflate.decompress(body, _DECODED_MAX_BYTES)
+            text = inflate.decompress(body, limit)
         except zlib.error:
-            return b""
+            continue
         return b"" if inflate.unconsumed_tail or not inflate.eof else text
-    return body
+    return b""

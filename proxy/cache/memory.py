@@ -7,7 +7,8 @@ from typing import Any
 
 from proxy.cache.store import CacheStore, Entry, WriteGenerations
 
-_LOCAL = -2  # generations at or below this are this process's own (see MemoryFront)
+# In front of another store, a generation carries both: inner * _SPLIT + this process's.
+_SPLIT = 1 << 40
 
 
 class MemoryTier:
@@ -126,11 +127,12 @@ class MemoryFront:
     async def set(self, key: str, entry: Entry, since: int) -> bool:
         if self._inner is None:
             stored = not self._generations.outdated(entry.tag, since)
-        elif since <= _LOCAL:  # fetched while the shared store was lost: see generation()
-            stored = not self._generations.outdated(entry.tag, _LOCAL - since)
-            stored = stored and await self._inner.set(key, entry, -1)
         else:
-            stored = await self._inner.set(key, entry, since)
+            inner, own = divmod(since, _SPLIT)
+            # This process's writes count whether or not the inner store is up; a fetch that
+            # began while it was lost (-1) is held to every write mark there (0) if it is back.
+            stored = not self._generations.outdated(entry.tag, own)
+            stored = stored and await self._inner.set(key, entry, max(inner, 0))
         if stored:
             self.memory.set(key, entry)
         return stored
@@ -143,13 +145,14 @@ class MemoryFront:
         return count
 
     async def generation(self) -> int:
-        """The write generation of the inner store, or of this process's own writes while
-        a shared inner store is lost (it answers -1 then), encoded as `_LOCAL - generation`
-        so that `set` knows which of the two a fetch started at."""
+        """This process's write generation and, in front of another store, that store's
+        (-1 from a shared store that is lost), both in one number (see `set`): a write
+        through this process while a shared store is lost, or one through another replica
+        once it is back, each stop an older fetch from being stored."""
         if self._inner is None:
             return self._generations.current
-        shared = await self._inner.generation()
-        return shared if shared >= 0 else _LOCAL - self._generations.current
+        inner = max(await self._inner.generation(), -1)
+        return inner * _SPLIT + self._generations.current
 
     async def clear(self) -> int:
         count = len(self.memory)

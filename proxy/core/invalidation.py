@@ -18,7 +18,7 @@ KnownBody = Callable[[str], Any]
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

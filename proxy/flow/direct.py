@@ -52,9 +52,14 @@ class DirectPath:
             self._invalidator.learn(
                 route.template, upstream.status, upstream.headers, upstream.body
             )
-        if req.target.method in WRITE_METHODS and 200 <= upstream.status < 300:
-            sent = decoded(req.headers, req.body)  # forwarded as sent, gzipped perhaps
-            answer = decoded(upstream.headers, upstream.body)
+        wrote = req.target.method in WRITE_METHODS and 200 <= upstream.status < 300
+        about_me = bool(credentials) and route.param("ref") == "@me"
+        if not wrote and not about_me:
+            return
+        # Bodies go both ways as they were sent: compressed, perhaps.
+        answer = decoded(upstream.headers, upstream.body)
+        if wrote:
+            sent = decoded(req.headers, req.body)
             await self._invalidator.after_write(route, credentials, sent, answer)
-        if credentials and route.param("ref") == "@me":
-            self._invalidator.learn_me(route, credentials, upstream.status, upstream.body)
+        if about_me:
+            self._invalidator.learn_me(route, credentials, upstream.status, answer)

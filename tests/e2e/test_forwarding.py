@@ -313,6 +313,32 @@ async def test_a_compressed_request_body_is_forwarded_as_sent(
     assert arrival.body == b'{"name": "Zipped"}'
 
 
+async def test_a_refused_body_closes_its_connection_at_once(
+    fake: FakePluralKit, make_proxy: MakeProxy
+) -> None:
+    """A body refused unread (413 announced, or with Expect before 100 Continue) gets its
+    answer and the connection closes at once, instead of aiohttp reading and discarding the
+    rest for up to 10 s while the connection holds its slot."""
+    proxy = await make_proxy(server={"max_body_bytes": 1024})
+    for expect in ([], ["Expect: 100-continue"]):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(
+            request(
+                "PATCH",
+                "/v2/members/abcde",
+                "Authorization: token-exmpl",
+                "Content-Length: 5000",
+                *expect,
+            )
+            + b"x" * 100
+        )
+        answer = await read_answer(reader)
+        assert answer.status == 413 and answer.json()["code"] == 0
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed, not lingering
+        writer.close()
+    assert fake.arrivals == []
+
+
 async def test_oversized_headers_are_refused(
     fake: FakePluralKit, make_proxy: MakeProxy, http: aiohttp.ClientSession
 ) -> None:
