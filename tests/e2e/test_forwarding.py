@@ -150,6 +150,11 @@ RAW_BAD_REQUESTS = [
 ]
 
 
+def owner_patch(*headers: str) -> bytes:
+    """The head of a PATCH of member abcde by its owner, as raw bytes."""
+    return request("PATCH", "/v2/members/abcde", "Authorization: token-exmpl", *headers)
+
+
 async def raw_request(port: int, request_line: str, extra: str = "") -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
@@ -251,11 +256,7 @@ async def test_bodies_held_at_once_are_bounded(
     # Two clients announce a body each and send nothing: they hold none of the budget.
     silent = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(2)]
     for _, writer in silent:
-        writer.write(
-            request(
-                "PATCH", "/v2/members/abcde", "Authorization: token-exmpl", "Content-Length: 1000"
-            )
-        )
+        writer.write(owner_patch("Content-Length: 1000"))
     held = [asyncio.create_task(patch(b'{"name": "' + b"x" * 990 + b'"}')) for _ in range(2)]
     gateway = proxy.app[GATEWAY]
     while gateway.bodies.held < 2000:
@@ -263,15 +264,7 @@ async def test_bodies_held_at_once_are_bounded(
     status, body = await patch(b'{"name": "' + b"y" * 990 + b'"}')
     assert (status, body["code"]) == (503, 0) and "request bodies" in str(body["message"])
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    writer.write(
-        request(
-            "PATCH",
-            "/v2/members/abcde",
-            "Authorization: token-exmpl",
-            "Expect: 100-continue",
-            "Content-Length: 1000",
-        )
-    )
+    writer.write(owner_patch("Expect: 100-continue", "Content-Length: 1000"))
     answer = await read_answer(reader)  # the 503 itself, not "100 Continue"
     assert answer.status == 503 and answer.headers["retry-after"] == "1"
     writer.close()
@@ -322,16 +315,7 @@ async def test_a_refused_body_closes_its_connection_at_once(
     proxy = await make_proxy(server={"max_body_bytes": 1024})
     for expect in ([], ["Expect: 100-continue"]):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        writer.write(
-            request(
-                "PATCH",
-                "/v2/members/abcde",
-                "Authorization: token-exmpl",
-                "Content-Length: 5000",
-                *expect,
-            )
-            + b"x" * 100
-        )
+        writer.write(owner_patch("Content-Length: 5000", *expect) + b"x" * 100)
         answer = await read_answer(reader)
         assert answer.status == 413 and answer.json()["code"] == 0
         assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed, not lingering
