@@ -146,21 +146,18 @@ async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse
 
 async def expect(request: web.Request) -> web.StreamResponse | None:
     """The app's Expect handler: `100-continue` is answered as aiohttp does, unless the body
-    announced would not fit the body budget (503 before it is sent); any other expectation
+    announced is too large (413) or would not fit the body budget (503), refused before it
+    is sent; any other expectation
     gets a 417 in PluralKit's shape instead of aiohttp's text/plain one."""
     expectation = request.headers.get("Expect", "")
     if request.version != HttpVersion11:
         return None
     gateway = request.app[GATEWAY]
     if expectation.strip().lower() == "100-continue":
-        announced = request.content_length or 0
-        limit = gateway.settings.server.max_body_bytes
         try:  # a body that would not be taken is refused before the client sends it
-            if announced > limit:
-                raise PayloadTooLarge(f"413: request body larger than {limit} bytes", "too_large")
-            gateway.bodies.check(announced)
+            gateway.bodies.admit(request.content_length)
         except (PayloadTooLarge, Overloaded) as refusal:
-            gateway.refused(refusal.status, refusal.reason or "bodies_full")
+            gateway.refused(refusal.status, refusal.reason or "body_refused")
             response = error_response(refusal, gateway.settings.upstream.via)
             response.force_close()
             return response

@@ -77,8 +77,9 @@ class Gateway:
         self._clock = parts.clock
         self._metrics = parts.metrics
         self._log = get_logger()
+        server = parts.settings.server
         self.bodies = BodyBudget(
-            parts.settings.server.max_buffered_body_bytes, parts.metrics.request_bodies_held
+            server.max_body_bytes, server.max_buffered_body_bytes, parts.metrics.request_bodies_held
         )
         self._log_policy = RequestLogPolicy(
             parts.settings.log.requests, parts.settings.log.sample_every
@@ -247,9 +248,7 @@ class Gateway:
         server = self.settings.server
         body = b""  # most requests (GETs) have none: nothing to read or wait for
         if request.body_exists or request.content_length:
-            body = await _read_body(
-                request, server.max_body_bytes, server.body_timeout_seconds, self.bodies
-            )
+            body = await _read_body(request, server.body_timeout_seconds, self.bodies)
         headers = request.headers
         return Request(
             target,
@@ -265,18 +264,31 @@ class Gateway:
 
 
 class BodyBudget:
-    """The bytes of request bodies held at once, all connections together: taken as they
-    arrive, given back once their request is answered. Past `server.max_buffered_body_bytes`,
-    503: before a body is read when its announced length does not fit (nothing is reserved
-    for it, so a client that announces a body and never sends it holds nothing), else as
-    soon as the bytes received would not fit."""
+    """Request bodies: each at most `server.max_body_bytes` (413), and the bytes held at
+    once, all connections together, taken as they arrive and given back once their request
+    is answered. Past `server.max_buffered_body_bytes`, 503: before a body is read when its
+    announced length does not fit (nothing is reserved for it, so a client that announces a
+    body and never sends it holds nothing), else as soon as the bytes received would not."""
 
-    __slots__ = ("_gauge", "held", "limit")
+    __slots__ = ("_gauge", "held", "limit", "max_body")
 
-    def __init__(self, limit: int, gauge: Gauge) -> None:
+    def __init__(self, max_body: int, limit: int, gauge: Gauge) -> None:
+        self.max_body = max_body
         self.limit = limit
         self.held = 0
         self._gauge = gauge
+
+    def admit(self, announced: int | None) -> None:
+        """Refuse, before reading it, a body whose announced length is too large or would
+        not fit now."""
+        if announced is not None and announced > self.max_body:
+            raise self.too_large()
+        self.check(announced or 0)
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"413: request body larger than {self.max_body} bytes", "body_too_large"
+        )
 
     def check(self, size: int) -> None:
         """Refuse a body of `size` bytes that would not fit now."""
@@ -295,21 +307,18 @@ class BodyBudget:
         self._gauge.set(self.held)
 
 
-async def _read_body(request: web.Request, limit: int, timeout: float, bodies: BodyBudget) -> bytes:
-    """Read at most `limit` bytes within `timeout` seconds; a larger body is refused without
-    being buffered whole, a slower one with 408, a malformed one (bad chunking) with 400,
-    one that would take the body budget past its bound with 503, before it is read."""
-    announced = request.content_length
-    if announced is not None and announced > limit:
-        raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
-    bodies.check(announced or 0)
+async def _read_body(request: web.Request, timeout: float, bodies: BodyBudget) -> bytes:
+    """Read the body within `timeout` seconds, as `bodies` allows: a larger body is refused
+    without being buffered whole (413), one that does not fit the budget with 503 (before it
+    is read when announced), a slower one with 408, a malformed one (bad chunking) with 400."""
+    bodies.admit(request.content_length)
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(65536):
-                if size + len(chunk) > limit:
-                    raise PayloadTooLarge(f"413: request body larger than {limit} bytes")
+                if size + len(chunk) > bodies.max_body:
+                    raise bodies.too_large()
                 bodies.take(len(chunk))
                 size += len(chunk)
                 chunks.append(chunk)

@@ -69,7 +69,6 @@ class RedisLink:
         self._slow = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._on_invalidate: list[Callable[[str], None]] = []
-        self._on_lost: list[Callable[[], None]] = []
         self._on_missed: list[Callable[[], None]] = []
 
     def key(self, *parts: str) -> str:
@@ -102,16 +101,11 @@ class RedisLink:
         """`callback(tag)` runs for every eviction published by any replica."""
         self._on_invalidate.append(callback)
 
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        """`callback()` runs when Redis is lost."""
-        self._on_lost.append(callback)
-
     def on_missed(self, callback: Callable[[], None]) -> None:
         """`callback()` runs whenever invalidations may have been missed: when Redis is
         lost, and each time the invalidation channel is subscribed (at start too). Memory
         tiers stop trusting their copies."""
         self._on_missed.append(callback)
-        self._on_lost.append(callback)
 
     @property
     def invalidations(self) -> str:
@@ -124,7 +118,7 @@ class RedisLink:
             self.available = False
             self._metrics.redis_up.set(0)
             _log.warning("redis.unavailable", reason=why, replicas_seen=self.replicas_seen)
-            for callback in self._on_lost:
+            for callback in self._on_missed:
                 callback()
 
     def settling(self) -> bool:

@@ -16,6 +16,7 @@ import time
 import aiohttp
 
 from tests.perf.harness import (
+    RATES,
     fetch_arrivals,
     max_in_window,
     percentile,
@@ -24,10 +25,6 @@ from tests.perf.harness import (
 )
 
 Row = tuple[str, str]
-RATES = {
-    "seed": {"generic": 2.0},
-    "pluralkit": {"generic_get": 10.0, "message": 10.0, "generic_update": 3.0},
-}
 LONG_WAIT = "60000"  # X-PKProxy-Max-Wait: the default ceiling, so backlogs are not refused
 
 

@@ -17,11 +17,20 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakepk import PLURALKIT_SCOPES, FakePluralKit, max_in_window, pluralkit_scope
+from tests.fakepk import (
+    PLURALKIT_SCOPES,
+    SEED_SCOPES,
+    FakePluralKit,
+    max_in_window,
+    pluralkit_scope,
+)
 
 __all__ = ["max_in_window"]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Upstream's limits by profile, as the fake enforces them (scope name: requests/s).
+RATES = {"seed": SEED_SCOPES, "pluralkit": PLURALKIT_SCOPES}
 
 
 def free_port() -> int:

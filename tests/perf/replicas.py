@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from tests.perf.harness import (
+    RATES,
     ROOT,
     _wait_for,
     fetch_arrivals,
@@ -40,10 +41,6 @@ from tests.perf.harness import (
 from tests.redis_fixtures import RedisServer
 
 Row = tuple[str, str]
-RATES = {
-    "seed": {"generic": 2.0},
-    "pluralkit": {"generic_get": 10.0, "message": 10.0, "generic_update": 3.0},
-}
 LONG_WAIT = "180000"  # X-PKProxy-Max-Wait for backlogs, under the ceiling set below
 FAKE = [sys.executable, "-m", "tests.perf", "fake"]
 CEILING = {"PKPROXY_BUDGET_MAX_WAIT_CEILING_MS": LONG_WAIT}
